@@ -1,0 +1,177 @@
+"""Command line over the library service.
+
+    python -m search_core models
+    python -m search_core ingest PATH [PATH ...] [--model M] [--manifest CSV]
+    python -m search_core search FILE [--model M] [-k 10]
+    python -m search_core count [--model M]
+    python -m search_core list [--model M] [--limit N]
+    python -m search_core delete CLIP_ID [CLIP_ID ...]
+    python -m search_core drop MODEL --yes
+    python -m search_core recover
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .audio import AudioError
+from .config import get_settings
+from .models import WeightsNotInstalled, describe, model_names
+
+
+def _service():
+    from .service import LibraryService
+
+    return LibraryService(get_settings())
+
+
+def cmd_models(args) -> int:
+    for name in model_names():
+        print(describe(name))
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    svc = _service()
+    model = args.model or svc.settings.default_sound_model
+    bar = tqdm(total=0, unit="file", disable=args.quiet)
+
+    def progress(done, total, name):
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(name[:30])
+        bar.refresh()
+
+    reports = []
+    if args.manifest:
+        reports.append(svc.ingest_folder(Path(args.manifest).parent, model, manifest=args.manifest, progress=progress))
+    files = []
+    for p in args.paths:
+        if Path(p).is_dir():
+            bar.n = 0
+            reports.append(svc.ingest_folder(p, model, progress=progress))
+        else:
+            files.append(p)
+    if files:
+        reports.append(svc.ingest_files(files, model, progress=progress))
+    bar.close()
+    errors = 0
+    for rep in reports:
+        for item in rep.errors:
+            print(f"rejected: {item.message}", file=sys.stderr)
+        errors += len(rep.errors)
+        print(rep.summary())
+    print(f"library: {svc.count(model)} clips for {model}")
+    return 1 if errors and not any(r.added or r.existing for r in reports) else 0
+
+
+def cmd_search(args) -> int:
+    svc = _service()
+    model = args.model or svc.settings.default_sound_model
+    res = svc.search(args.file, model, args.k)
+    if args.json:
+        print(json.dumps([{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name,
+                           "score": round(h.score, 4), "distance": round(h.distance, 4),
+                           "start_s": h.start_s, "end_s": h.end_s, "label": h.clip.label,
+                           "speaker": h.clip.speaker, "path": str(h.path)} for h in res.hits], indent=1))
+        return 0
+    print(f"{len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms)")
+    for h in res.hits:
+        where = f" [{h.start_s:.1f}-{h.end_s:.1f} s]" if h.is_segment else ""
+        extra = " ".join(f"{k}={v}" for k, v in (("label", h.clip.label), ("speaker", h.clip.speaker)) if v)
+        print(f"{h.rank:3d}. cosine {h.score:.3f}  dist {h.distance:.3f}  #{h.clip.id} {h.clip.original_name}{where} {extra}")
+    return 0
+
+
+def cmd_count(args) -> int:
+    svc = _service()
+    if args.model:
+        print(svc.count(args.model))
+    else:
+        for model, n in sorted(svc.counts().items()):
+            print(f"{model}: {n}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    svc = _service()
+    for clip, models in svc.list_clips(args.model, args.query, 0, args.limit):
+        print(f"#{clip.id}\t{clip.original_name}\t{clip.duration_s:.2f}s\t{clip.created_at:%Y-%m-%d %H:%M}\t{','.join(models)}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    svc = _service()
+    missing = [i for i in args.ids if not svc.delete_clip(i)]
+    for i in missing:
+        print(f"no clip #{i}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_drop(args) -> int:
+    if not args.yes:
+        print(f"this deletes every vector of model {args.model}; add --yes to confirm", file=sys.stderr)
+        return 2
+    n = _service().drop_model(args.model)
+    print(f"dropped {args.model}: {n} vectors")
+    return 0
+
+
+def cmd_recover(args) -> int:
+    svc = _service()  # start-up already recovers; report a second, on-demand pass plus checks
+    rep = svc.recover()
+    print(json.dumps({**vars(rep), **svc.check()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m search_core", description="Audio similarity search engine")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("models", help="list models and their status").set_defaults(fn=cmd_models)
+    s = sub.add_parser("ingest", help="add files or folders to the library")
+    s.add_argument("paths", nargs="*")
+    s.add_argument("--model")
+    s.add_argument("--manifest", help="CSV with a path column (relative to it) and label/speaker/source/tags")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_ingest)
+    s = sub.add_parser("search", help="find the clips most similar to FILE")
+    s.add_argument("file")
+    s.add_argument("--model")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_search)
+    s = sub.add_parser("count", help="clips per model")
+    s.add_argument("--model")
+    s.set_defaults(fn=cmd_count)
+    s = sub.add_parser("list", help="browse the library, newest first")
+    s.add_argument("--model")
+    s.add_argument("--query", default="")
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(fn=cmd_list)
+    s = sub.add_parser("delete", help="delete clips by id")
+    s.add_argument("ids", nargs="+", type=int)
+    s.set_defaults(fn=cmd_delete)
+    s = sub.add_parser("drop", help="drop a model's collection")
+    s.add_argument("model")
+    s.add_argument("--yes", action="store_true")
+    s.set_defaults(fn=cmd_drop)
+    sub.add_parser("recover", help="repair interrupted writes, report consistency").set_defaults(fn=cmd_recover)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (AudioError, WeightsNotInstalled, ValueError, KeyError, NotADirectoryError, FileNotFoundError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

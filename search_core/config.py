@@ -1,0 +1,75 @@
+"""Configuration from environment variables, with defaults that work on a fresh machine.
+
+Every setting is read once per :func:`get_settings` call into a frozen dataclass, so tests can
+change the environment and build a new :class:`Settings` without touching global state.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a whole number") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of the engine. Build with :func:`get_settings` (reads the environment)."""
+
+    data_dir: Path
+    milvus_uri: str
+    database_url: str
+    library_dir: Path
+    weights_dir: Path
+    index_type: str = "AUTOINDEX"
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_duration_s: float = 2 * 3600.0
+    default_sound_model: str = "aisfx"
+    default_speaker_model: str = "resemblyzer"
+    extra: dict = field(default_factory=dict)
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment.
+
+    ``DATA_DIR`` (default ``./data``) holds the embedded stores; ``MILVUS_URI`` defaults to a
+    Milvus Lite file in it, ``DATABASE_URL`` to a SQLite file in it, ``LIBRARY_DIR`` (where
+    ingested audio is copied, named by content hash) to ``DATA_DIR/library`` and ``WEIGHTS_DIR``
+    (model weights) to ``DATA_DIR/weights``.
+    """
+    data_dir = Path(_env("DATA_DIR", "data")).resolve()
+    return Settings(
+        data_dir=data_dir,
+        milvus_uri=_env("MILVUS_URI", str(data_dir / "milvus.db")),
+        database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'metadata.sqlite'}"),
+        library_dir=Path(_env("LIBRARY_DIR", str(data_dir / "library"))).resolve(),
+        weights_dir=Path(_env("WEIGHTS_DIR", str(data_dir / "weights"))).resolve(),
+        index_type=_env("MILVUS_INDEX_TYPE", "AUTOINDEX").upper(),
+        max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", 200 * 1024 * 1024),
+        max_duration_s=_env_float("MAX_DURATION_S", 2 * 3600.0),
+        default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),
+        default_speaker_model=_env("DEFAULT_SPEAKER_MODEL", "resemblyzer"),
+    )

@@ -1,0 +1,327 @@
+"""Metadata store on SQLAlchemy Core: SQLite by default, MySQL/MariaDB through pymysql by URL.
+
+Two tables:
+
+``clips``
+    one row per distinct audio content (sha256 unique): stored file, original name, duration,
+    rate, channels, label/speaker/source/tags, created time.
+``vectors``
+    one row per embedding (a clip has one per model, or one per segment of a long recording).
+    Its ``id`` is the Milvus primary key. ``status`` makes writes recoverable: a row is
+    ``pending`` before its vector is inserted, ``ready`` after, ``deleting`` while it is removed.
+    Search only ever shows ``ready`` rows.
+
+Only bound parameters reach SQL.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+PENDING, READY, DELETING = "pending", "ready", "deleting"
+
+_meta = sa.MetaData()
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+clips = sa.Table(
+    "clips", _meta,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("stored_name", sa.String(128), nullable=False),
+    sa.Column("original_name", sa.String(512), nullable=False),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("sample_rate", sa.Integer, nullable=False),
+    sa.Column("channels", sa.Integer, nullable=False),
+    sa.Column("label", sa.String(255)),
+    sa.Column("speaker", sa.String(255)),
+    sa.Column("source", sa.String(255)),
+    sa.Column("tags", sa.Text),  # JSON list of strings
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    mysql_charset="utf8mb4",
+)
+
+vectors = sa.Table(
+    "vectors", _meta,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("clip_id", _BigId, sa.ForeignKey("clips.id"), nullable=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("seg", sa.Integer, nullable=False, default=0),
+    sa.Column("start_s", sa.Float, nullable=False),
+    sa.Column("end_s", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("clip_id", "model", "seg", name="uq_vectors_clip_model_seg"),
+    sa.Index("ix_vectors_model_status", "model", "status"),
+    mysql_charset="utf8mb4",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class ClipRow:
+    id: int
+    sha256: str
+    stored_name: str
+    original_name: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    label: str | None
+    speaker: str | None
+    source: str | None
+    tags: list[str]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, r) -> "ClipRow":
+        m = r._mapping
+        return cls(id=int(m["id"]), sha256=m["sha256"], stored_name=m["stored_name"],
+                   original_name=m["original_name"], duration_s=float(m["duration_s"]),
+                   sample_rate=int(m["sample_rate"]), channels=int(m["channels"]), label=m["label"],
+                   speaker=m["speaker"], source=m["source"], tags=json.loads(m["tags"] or "[]"),
+                   created_at=m["created_at"])
+
+
+@dataclass
+class NewClip:
+    """What ingest knows about a clip before it has a row."""
+
+    sha256: str
+    stored_name: str
+    original_name: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    label: str | None = None
+    speaker: str | None = None
+    source: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VectorRef:
+    """A vector row joined with its clip, as search returns it."""
+
+    vector_id: int
+    model: str
+    seg: int
+    start_s: float
+    end_s: float
+    clip: ClipRow
+
+
+def make_engine(url: str) -> sa.engine.Engine:
+    """An engine that survives a restarted server (pre-ping) and is safe for threads on SQLite."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+
+
+class MetadataStore:
+    """Rows for clips and vectors. Every method is one short transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        _meta.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- clips ---------------------------------------------------------------------------
+    def clip_by_sha(self, sha256: str) -> ClipRow | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(clips).where(clips.c.sha256 == sha256)).first()
+        return ClipRow.from_row(r) if r else None
+
+    def clip(self, clip_id: int) -> ClipRow | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(clips).where(clips.c.id == int(clip_id))).first()
+        return ClipRow.from_row(r) if r else None
+
+    def has_ready(self, clip_id: int, model: str) -> bool:
+        with self.engine.connect() as c:
+            q = sa.select(sa.func.count()).select_from(vectors).where(
+                vectors.c.clip_id == clip_id, vectors.c.model == model, vectors.c.status == READY)
+            return c.execute(q).scalar_one() > 0
+
+    def begin_ingest(self, new: NewClip, model: str,
+                     segments: Sequence[tuple[float, float]]) -> tuple[int, list[int]] | None:
+        """Insert the clip (if new) and one ``pending`` vector row per segment, in one transaction.
+
+        Returns ``(clip_id, vector_ids)``, or None if this content already has vectors for
+        ``model`` (ingest is idempotent).
+        """
+        now = utcnow()
+        with self.engine.begin() as c:
+            r = c.execute(sa.select(clips.c.id).where(clips.c.sha256 == new.sha256)).first()
+            if r is None:
+                clip_id = c.execute(clips.insert().values(
+                    sha256=new.sha256, stored_name=new.stored_name, original_name=new.original_name,
+                    duration_s=new.duration_s, sample_rate=new.sample_rate, channels=new.channels,
+                    label=new.label, speaker=new.speaker, source=new.source,
+                    tags=json.dumps(list(new.tags)), created_at=now)).inserted_primary_key[0]
+            else:
+                clip_id = r[0]
+                exists = c.execute(sa.select(sa.func.count()).select_from(vectors).where(
+                    vectors.c.clip_id == clip_id, vectors.c.model == model)).scalar_one()
+                if exists:
+                    return None
+            ids = []
+            for seg, (start, end) in enumerate(segments):
+                ids.append(c.execute(vectors.insert().values(
+                    clip_id=clip_id, model=model, seg=seg, start_s=float(start), end_s=float(end),
+                    status=PENDING, created_at=now)).inserted_primary_key[0])
+        return int(clip_id), [int(i) for i in ids]
+
+    def set_status(self, vector_ids: Iterable[int], status: str) -> None:
+        ids = [int(i) for i in vector_ids]
+        if not ids:
+            return
+        with self.engine.begin() as c:
+            for chunk in _chunks(ids):
+                c.execute(vectors.update().where(vectors.c.id.in_(chunk)).values(status=status))
+
+    def mark_clip_deleting(self, clip_id: int) -> dict[str, list[int]]:
+        """Hide a clip from search by marking all its vectors ``deleting``; returns ids per model."""
+        with self.engine.begin() as c:
+            c.execute(vectors.update().where(vectors.c.clip_id == clip_id).values(status=DELETING))
+            rows = c.execute(sa.select(vectors.c.id, vectors.c.model).where(vectors.c.clip_id == clip_id)).all()
+        out: dict[str, list[int]] = {}
+        for vid, model in rows:
+            out.setdefault(model, []).append(int(vid))
+        return out
+
+    def mark_model_deleting(self, model: str) -> list[int]:
+        with self.engine.begin() as c:
+            c.execute(vectors.update().where(vectors.c.model == model).values(status=DELETING))
+            return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(vectors.c.model == model))]
+
+    def delete_vector_rows(self, vector_ids: Iterable[int]) -> None:
+        ids = [int(i) for i in vector_ids]
+        with self.engine.begin() as c:
+            for chunk in _chunks(ids):
+                c.execute(vectors.delete().where(vectors.c.id.in_(chunk)))
+
+    def delete_clips_without_vectors(self) -> list[ClipRow]:
+        """Delete clip rows that no vector row refers to; returns them (their files can go)."""
+        with self.engine.begin() as c:
+            orphan_q = sa.select(clips).where(~sa.exists().where(vectors.c.clip_id == clips.c.id))
+            rows = [ClipRow.from_row(r) for r in c.execute(orphan_q)]
+            for chunk in _chunks([r.id for r in rows]):
+                c.execute(clips.delete().where(clips.c.id.in_(chunk)))
+        return rows
+
+    def delete_clip(self, clip_id: int) -> ClipRow | None:
+        """Delete a clip and all its vector rows in one transaction."""
+        with self.engine.begin() as c:
+            r = c.execute(sa.select(clips).where(clips.c.id == clip_id)).first()
+            if r is None:
+                return None
+            c.execute(vectors.delete().where(vectors.c.clip_id == clip_id))
+            c.execute(clips.delete().where(clips.c.id == clip_id))
+        return ClipRow.from_row(r)
+
+    # -- reads ---------------------------------------------------------------------------
+    def ready_refs(self, vector_ids: Sequence[int]) -> dict[int, VectorRef]:
+        """Join ready vector rows with their clips; ids that are not ready are left out."""
+        ids = [int(i) for i in vector_ids]
+        out: dict[int, VectorRef] = {}
+        if not ids:
+            return out
+        with self.engine.connect() as c:
+            for chunk in _chunks(ids):
+                q = (sa.select(vectors.c.id.label("vid"), vectors.c.model, vectors.c.seg, vectors.c.start_s,
+                               vectors.c.end_s, clips)
+                     .join(clips, clips.c.id == vectors.c.clip_id)
+                     .where(vectors.c.id.in_(chunk), vectors.c.status == READY))
+                for r in c.execute(q):
+                    m = r._mapping
+                    out[int(m["vid"])] = VectorRef(int(m["vid"]), m["model"], int(m["seg"]),
+                                                   float(m["start_s"]), float(m["end_s"]), ClipRow.from_row(r))
+        return out
+
+    def count_clips(self, model: str | None = None) -> int:
+        """Clips with at least one ready vector (for ``model``, or for any model)."""
+        cond = [vectors.c.status == READY] + ([vectors.c.model == model] if model else [])
+        q = sa.select(sa.func.count(sa.distinct(vectors.c.clip_id))).where(*cond)
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
+    def count_vectors(self, model: str, status: str | None = READY) -> int:
+        cond = [vectors.c.model == model] + ([vectors.c.status == status] if status else [])
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(vectors).where(*cond)).scalar_one())
+
+    def counts_by_model(self) -> dict[str, int]:
+        q = (sa.select(vectors.c.model, sa.func.count(sa.distinct(vectors.c.clip_id)))
+             .where(vectors.c.status == READY).group_by(vectors.c.model))
+        with self.engine.connect() as c:
+            return {m: int(n) for m, n in c.execute(q)}
+
+    def list_clips(self, model: str | None = None, query: str = "", offset: int = 0,
+                   limit: int = 50) -> list[tuple[ClipRow, list[str]]]:
+        """Newest first: clips with ready vectors (for ``model`` if given) and their models.
+
+        ``query`` filters by a case-insensitive substring of the name, label, speaker or source.
+        """
+        cond = [vectors.c.status == READY] + ([vectors.c.model == model] if model else [])
+        has = sa.exists().where(vectors.c.clip_id == clips.c.id, *cond)
+        q = sa.select(clips).where(has)
+        if query:
+            like = f"%{query.lower()}%"
+            q = q.where(sa.or_(*[sa.func.lower(col).like(like) for col in
+                                 (clips.c.original_name, clips.c.label, clips.c.speaker, clips.c.source)]))
+        q = q.order_by(clips.c.id.desc()).offset(max(0, int(offset))).limit(max(1, int(limit)))
+        with self.engine.connect() as c:
+            rows = [ClipRow.from_row(r) for r in c.execute(q)]
+            if not rows:
+                return []
+            mq = (sa.select(vectors.c.clip_id, vectors.c.model).distinct()
+                  .where(vectors.c.clip_id.in_([r.id for r in rows]), vectors.c.status == READY))
+            models: dict[int, list[str]] = {}
+            for cid, m in c.execute(mq):
+                models.setdefault(int(cid), []).append(m)
+        return [(r, sorted(models.get(r.id, []))) for r in rows]
+
+    def vector_ids(self, model: str, status: str | None = None) -> list[int]:
+        cond = [vectors.c.model == model] + ([vectors.c.status == status] if status else [])
+        with self.engine.connect() as c:
+            return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(*cond))]
+
+    def unfinished(self) -> list[tuple[int, str, str]]:
+        """``(vector_id, model, status)`` of every row that is not ready (for recovery)."""
+        with self.engine.connect() as c:
+            q = sa.select(vectors.c.id, vectors.c.model, vectors.c.status).where(vectors.c.status != READY)
+            return [(int(i), m, s) for i, m, s in c.execute(q)]
+
+    def models_in_use(self) -> list[str]:
+        with self.engine.connect() as c:
+            return sorted(r[0] for r in c.execute(sa.select(vectors.c.model).distinct()))
+
+    def stored_names(self) -> set[str]:
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(sa.select(clips.c.stored_name))}
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]

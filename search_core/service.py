@@ -1,0 +1,529 @@
+"""The library service: joins audio, models, the vector store and the metadata store.
+
+Write order (so that no fault leaves a vector without its row, or a row without its vector,
+and search never shows a half-written clip)::
+
+    ingest:  copy file into the library (temp name, then atomic rename)
+             -> one transaction: clip row (if new) + vector rows, status 'pending'
+             -> Milvus upsert with those ids
+             -> one transaction: status 'ready'            (search shows only 'ready')
+    delete:  one transaction: status 'deleting'          (hidden from search at once)
+             -> Milvus delete -> one transaction: delete rows -> remove the file
+
+:meth:`LibraryService.recover` (run on start-up, and on demand) finishes or rolls back
+whatever a crash interrupted: pending rows whose vectors all exist become ready, others are
+removed with their vectors; 'deleting' rows are deleted; clip rows without vectors, library
+files without rows, temp files and Milvus vectors without rows are removed.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import audio as audio_mod
+from .audio import AudioError
+from .config import Settings, get_settings
+from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip
+from .models import EmbeddingModel, get_model, model_names
+from .vectors import VectorStore, collection_name
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, current name)
+
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class IngestItem:
+    """The outcome for one file: ``added``, ``exists`` or ``error`` (with a one-line reason)."""
+
+    name: str
+    status: str
+    clip_id: int | None = None
+    message: str = ""
+
+
+@dataclass
+class IngestReport:
+    model: str
+    items: list[IngestItem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def added(self) -> list[IngestItem]:
+        return [i for i in self.items if i.status == "added"]
+
+    @property
+    def existing(self) -> list[IngestItem]:
+        return [i for i in self.items if i.status == "exists"]
+
+    @property
+    def errors(self) -> list[IngestItem]:
+        return [i for i in self.items if i.status == "error"]
+
+    def summary(self) -> str:
+        text = (f"{len(self.added)} added, {len(self.existing)} already in the library, "
+                f"{len(self.errors)} rejected ({self.model}, {self.seconds:.1f} s)")
+        return text
+
+
+@dataclass
+class Hit:
+    """One search result: a clip, its best-matching segment and its score."""
+
+    rank: int
+    clip: ClipRow
+    vector_id: int
+    score: float          # cosine similarity of unit vectors, in [-1, 1]
+    start_s: float
+    end_s: float
+    path: Path            # the stored copy in the library (always playable)
+    segments: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, score)
+
+    @property
+    def distance(self) -> float:
+        """Cosine distance, ``1 - score``."""
+        return 1.0 - self.score
+
+    @property
+    def is_segment(self) -> bool:
+        return self.start_s > 0.0 or self.end_s < self.clip.duration_s - 1e-3
+
+
+@dataclass
+class SearchResult:
+    model: str
+    query: audio_mod.Audio
+    hits: list[Hit]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RecoveryReport:
+    completed: int = 0
+    rolled_back: int = 0
+    deleted_rows: int = 0
+    orphan_clips: int = 0
+    orphan_files: int = 0
+    orphan_vectors: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any(vars(self).values())
+
+
+_SAFE_LABEL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean_text(value: str | None, limit: int = 255) -> str | None:
+    """Metadata text as stored: control characters removed, NFC, trimmed, length-limited."""
+    if value is None:
+        return None
+    text = unicodedata.normalize("NFC", _SAFE_LABEL.sub("", str(value))).strip()
+    return text[:limit] or None
+
+
+def clean_name(name: str) -> str:
+    """A display name from an uploaded or imported name: its last path part, never a path."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    return clean_text(base, 512) or "unnamed"
+
+
+class LibraryService:
+    """Ingest, search, browse, delete and recover. Thread-safe; one per process is enough."""
+
+    def __init__(self, settings: Settings | None = None, *, recover: bool = True):
+        self.settings = settings or get_settings()
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.library_dir.mkdir(parents=True, exist_ok=True)
+        self.library_dir = s.library_dir
+        self.meta = MetadataStore(s.database_url)
+        self.vectors = VectorStore(s.milvus_uri, s.index_type)
+        self._write_lock = threading.RLock()
+        if recover:
+            self.recover()
+
+    def close(self) -> None:
+        self.vectors.close()
+        self.meta.close()
+
+    # -- models -------------------------------------------------------------------------
+    @staticmethod
+    def models() -> list[str]:
+        return model_names()
+
+    @staticmethod
+    def model(name: str) -> EmbeddingModel:
+        return get_model(name)
+
+    # -- ingest -------------------------------------------------------------------------
+    def ingest_file(self, path: str | os.PathLike, model: str, *, name: str | None = None,
+                    label: str | None = None, speaker: str | None = None, source: str | None = None,
+                    tags: Sequence[str] = ()) -> IngestItem:
+        """Ingest one file; bad input raises :class:`AudioError` and changes nothing."""
+        meta = {"label": label, "speaker": speaker, "source": source, "tags": list(tags)}
+        report = self.ingest_files([path], model, names=[name] if name else None, metadata=[meta])
+        item = report.items[0]
+        if item.status == "error":
+            raise AudioError(item.name, item.message.split(": ", 1)[-1])
+        return item
+
+    def ingest_files(self, paths: Sequence[str | os.PathLike], model: str, *,
+                     names: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
+                     progress: ProgressFn | None = None, batch_size: int = 16,
+                     workers: int = 2) -> IngestReport:
+        """Ingest many files in batches: decode in a thread pool, embed a batch, write a batch.
+
+        A bad file is reported (name and reason) and skipped; the others are indexed.
+        ``names`` are display names (default: each file's base name); ``metadata`` holds per
+        file ``label``/``speaker``/``source``/``tags``.
+        """
+        t0 = time.perf_counter()
+        m = get_model(model)
+        m.load()  # a missing model fails here, before any file is touched
+        collection_name(model)
+        names = [clean_name(n) for n in names] if names else [clean_name(audio_mod.display_name(p)) for p in paths]
+        metadata = list(metadata) if metadata else [{} for _ in paths]
+        if not (len(names) == len(paths) == len(metadata)):
+            raise ValueError("paths, names and metadata must have the same length")
+        report = IngestReport(model)
+        total = len(paths)
+        done = 0
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, total, batch_size):
+                idx = range(start, min(start + batch_size, total))
+                prepared = list(pool.map(lambda i: self._prepare(paths[i], names[i], m), idx))
+                items = self._index_batch(prepared, [metadata[i] for i in idx], m)
+                report.items.extend(items)
+                done += len(items)
+                if progress:
+                    progress(done, total, items[-1].name if items else "")
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _prepare(self, path, name: str, m: EmbeddingModel):
+        """Validate + decode + hash one file (no writes). Returns a dict or an IngestItem error."""
+        s = self.settings
+        try:
+            a = audio_mod.load(path, m.info.sample_rate, max_bytes=s.max_upload_bytes,
+                               max_duration_s=s.max_duration_s, name=name)
+            sha = audio_mod.sha256_of(path)
+        except AudioError as err:
+            return IngestItem(name, "error", message=str(err))
+        except OSError as err:
+            return IngestItem(name, "error", message=f"{name}: cannot read file ({err.strerror or err})")
+        return {"path": Path(path), "name": name, "audio": a, "sha": sha}
+
+    def _index_batch(self, prepared: list, metadata: list[dict], m: EmbeddingModel) -> list[IngestItem]:
+        model = m.info.name
+        items: list[IngestItem | None] = [p if isinstance(p, IngestItem) else None for p in prepared]
+        todo = []  # (position, prep, segments bounds)
+        seen: set[str] = set()
+        for pos, p in enumerate(prepared):
+            if items[pos] is not None:
+                continue
+            existing = self.meta.clip_by_sha(p["sha"])
+            if (existing and self.meta.has_ready(existing.id, model)) or p["sha"] in seen:
+                cid = existing.id if existing else None
+                items[pos] = IngestItem(p["name"], "exists", cid, f"{p['name']}: already in the library")
+                continue
+            seen.add(p["sha"])
+            a = p["audio"]
+            bounds = audio_mod.segment_bounds(len(a.samples), a.sample_rate, m.info.window_s, m.info.hop_s)
+            todo.append((pos, p, bounds))
+        if todo:
+            waves = [p["audio"].samples[s:e] for _, p, bounds in todo for s, e in bounds]
+            emb = m.embed(waves)
+            offset = 0
+            for pos, p, bounds in todo:
+                vecs = emb[offset:offset + len(bounds)]
+                offset += len(bounds)
+                try:
+                    clip_id = self._write_clip(p, metadata[pos], model, bounds, vecs)
+                    items[pos] = IngestItem(p["name"], "added" if clip_id else "exists", clip_id or None)
+                except AudioError as err:
+                    items[pos] = IngestItem(p["name"], "error", message=str(err))
+        return [i for i in items if i is not None]
+
+    def _write_clip(self, p: dict, meta: dict, model: str, bounds, vecs: np.ndarray) -> int:
+        """Copy, row(s) pending, vectors, ready — under the write lock."""
+        a: audio_mod.Audio = p["audio"]
+        rate = a.sample_rate
+        segments = [(s / rate, e / rate) for s, e in bounds]
+        with self._write_lock:
+            stored = self._store_file(p["path"], p["sha"], p["name"])
+            new = NewClip(sha256=p["sha"], stored_name=stored, original_name=p["name"],
+                          duration_s=round(a.duration_s, 3), sample_rate=a.source_rate,
+                          channels=a.source_channels, label=clean_text(meta.get("label")),
+                          speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
+                          tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
+            began = self.meta.begin_ingest(new, model, segments)
+            if began is None:
+                return 0
+            clip_id, ids = began
+            self._fault("after_rows")
+            self.vectors.upsert(model, ids, vecs)
+            self._fault("after_vectors")
+            self.meta.set_status(ids, READY)
+            self._fault("after_ready")
+            return clip_id
+
+    def _store_file(self, src: Path, sha: str, name: str) -> str:
+        """Copy ``src`` into the library as ``<sha><ext>`` (atomic; a no-op when present)."""
+        ext = Path(name).suffix.lower()
+        ext = ext if ext in audio_mod.AUDIO_EXTENSIONS else ".bin"
+        stored = f"{sha}{ext}"
+        dest = self.library_dir / stored
+        if dest.exists():
+            return stored
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.library_dir)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                self._fault("during_copy")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return stored
+
+    #: Test hook: set to a callable(step) to inject faults at named steps.
+    fault_hook: Callable[[str], None] | None = None
+
+    def _fault(self, step: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(step)
+
+    def ingest_folder(self, folder: str | os.PathLike, model: str, *, manifest: str | os.PathLike | None = None,
+                      progress: ProgressFn | None = None, recursive: bool = True) -> IngestReport:
+        """Ingest every audio file under ``folder`` (symlinks leading outside it are refused).
+
+        ``manifest``: an optional CSV with a ``path`` column (relative to the CSV) and any of
+        ``label``, ``speaker``, ``source``, ``tags`` (``;``-separated); only its files are read.
+        """
+        root = Path(folder).resolve()
+        if not root.is_dir():
+            raise NotADirectoryError(f"{folder}: not a folder")
+        report = IngestReport(model)
+        paths: list[Path] = []
+        metas: list[dict] = []
+        if manifest:
+            entries = read_manifest(manifest)
+            for rel, meta in entries:
+                paths.append(Path(rel))
+                metas.append(meta)
+        else:
+            walker = root.rglob("*") if recursive else root.glob("*")
+            for p in sorted(walker):
+                if p.suffix.lower() in audio_mod.AUDIO_EXTENSIONS and not p.name.startswith("."):
+                    paths.append(p)
+                    metas.append({})
+        ok_paths, ok_names, ok_meta = [], [], []
+        for p, meta in zip(paths, metas):
+            name = clean_name(p.name)
+            try:
+                real = p.resolve(strict=True)
+            except (OSError, RuntimeError):
+                report.items.append(IngestItem(name, "error", message=f"{name}: file not found"))
+                continue
+            if not manifest and not real.is_relative_to(root):
+                report.items.append(IngestItem(name, "error",
+                                               message=f"{name}: links outside the import folder; refused"))
+                continue
+            if real.is_dir():
+                continue
+            ok_paths.append(real)
+            ok_names.append(name)
+            ok_meta.append(meta)
+        sub = self.ingest_files(ok_paths, model, names=ok_names, metadata=ok_meta, progress=progress)
+        report.items.extend(sub.items)
+        report.seconds = sub.seconds
+        return report
+
+    # -- search -------------------------------------------------------------------------
+    def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str) -> tuple[audio_mod.Audio, np.ndarray]:
+        m = get_model(model)
+        m.load()
+        if isinstance(query, audio_mod.Audio):
+            a = query if query.sample_rate == m.info.sample_rate else audio_mod.Audio(
+                audio_mod.resample(query.samples, query.sample_rate, m.info.sample_rate),
+                m.info.sample_rate, query.source_rate, query.source_channels)
+        else:
+            s = self.settings
+            a = audio_mod.load(query, m.info.sample_rate, max_bytes=s.max_upload_bytes,
+                               max_duration_s=s.max_duration_s)
+        return a, m.embed([a.samples])[0]
+
+    def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10) -> SearchResult:
+        """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first.
+
+        Long recordings are indexed as segments; hits from one file are grouped into one result
+        (its best segment first, the others in ``Hit.segments``).
+        """
+        if not 1 <= int(k) <= 1000:
+            raise ValueError(f"top-k must be between 1 and 1000, got {k}")
+        t0 = time.perf_counter()
+        a, vec = self.embed_query(query, model)
+        t1 = time.perf_counter()
+        hits = self.search_vector(vec, model, k)
+        t2 = time.perf_counter()
+        return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0})
+
+    def search_vector(self, vec: np.ndarray, model: str, k: int = 10) -> list[Hit]:
+        """Search with an embedding; joins ready metadata rows and groups segments by clip."""
+        fetch = int(k) * 3 + 10
+        grouped: dict[int, Hit] = {}
+        for _attempt in range(3):
+            raw = self.vectors.search(model, vec[None, :], fetch)[0]
+            refs = self.meta.ready_refs([h.id for h in raw])
+            grouped = {}
+            for h in raw:
+                ref = refs.get(h.id)
+                if ref is None:
+                    continue  # not ready (being written or deleted): never shown
+                cid = ref.clip.id
+                if cid not in grouped:
+                    grouped[cid] = Hit(0, ref.clip, h.id, h.score, ref.start_s, ref.end_s,
+                                       self.library_dir / ref.clip.stored_name)
+                grouped[cid].segments.append((ref.start_s, ref.end_s, h.score))
+            if len(grouped) >= k or len(raw) < fetch:
+                break
+            fetch *= 4
+        hits = sorted(grouped.values(), key=lambda h: -h.score)[:k]
+        for r, h in enumerate(hits, 1):
+            h.rank = r
+        return hits
+
+    # -- browse / delete ----------------------------------------------------------------
+    def count(self, model: str | None = None) -> int:
+        return self.meta.count_clips(model)
+
+    def counts(self) -> dict[str, int]:
+        return self.meta.counts_by_model()
+
+    def list_clips(self, model: str | None = None, query: str = "", offset: int = 0, limit: int = 50):
+        return self.meta.list_clips(model, query, offset, limit)
+
+    def clip_path(self, clip: ClipRow) -> Path:
+        return self.library_dir / clip.stored_name
+
+    def delete_clip(self, clip_id: int) -> bool:
+        """Delete a clip from every model's collection and the library. False if unknown."""
+        with self._write_lock:
+            clip = self.meta.clip(int(clip_id))
+            if clip is None:
+                return False
+            by_model = self.meta.mark_clip_deleting(clip.id)
+            self._fault("delete_after_mark")
+            for model, ids in by_model.items():
+                self.vectors.delete(model, ids)
+            self._fault("delete_after_vectors")
+            self.meta.delete_clip(clip.id)
+            self._fault("delete_after_rows")
+            self._remove_file(clip.stored_name)
+        return True
+
+    def drop_model(self, model: str) -> int:
+        """Drop a model's collection and its rows; clips left with no vectors go too."""
+        collection_name(model)
+        with self._write_lock:
+            ids = self.meta.mark_model_deleting(model)
+            self.vectors.drop(model)
+            self.meta.delete_vector_rows(ids)
+            for clip in self.meta.delete_clips_without_vectors():
+                self._remove_file(clip.stored_name)
+        return len(ids)
+
+    def _remove_file(self, stored_name: str) -> None:
+        p = (self.library_dir / stored_name)
+        if p.parent == self.library_dir:
+            p.unlink(missing_ok=True)
+
+    # -- recovery -----------------------------------------------------------------------
+    def recover(self, sweep_vectors: bool = True) -> RecoveryReport:
+        """Finish or roll back interrupted writes; remove orphans of every kind."""
+        rep = RecoveryReport()
+        with self._write_lock:
+            by_model: dict[str, dict[str, list[int]]] = {}
+            for vid, model, status in self.meta.unfinished():
+                by_model.setdefault(model, {}).setdefault(status, []).append(vid)
+            for model, groups in by_model.items():
+                pending = groups.get(PENDING, [])
+                if pending:
+                    present = self.vectors.existing_ids(model, pending)
+                    done = [i for i in pending if i in present]
+                    # a clip is complete only if all its segments made it; segments are written
+                    # in one upsert, so per-row presence is exact enough here
+                    self.meta.set_status(done, READY)
+                    rep.completed += len(done)
+                    missing = [i for i in pending if i not in present]
+                    self.meta.delete_vector_rows(missing)
+                    rep.rolled_back += len(missing)
+                deleting = groups.get(DELETING, [])
+                if deleting:
+                    self.vectors.delete(model, deleting)
+                    self.meta.delete_vector_rows(deleting)
+                    rep.deleted_rows += len(deleting)
+            for clip in self.meta.delete_clips_without_vectors():
+                self._remove_file(clip.stored_name)
+                rep.orphan_clips += 1
+            known = self.meta.stored_names()
+            for p in self.library_dir.iterdir():
+                if p.is_file() and (p.name.startswith(_TMP_PREFIX) or p.name not in known):
+                    p.unlink(missing_ok=True)
+                    rep.orphan_files += 1
+            if sweep_vectors:
+                for model in self.vectors.collections():
+                    rows = set(self.meta.vector_ids(model))
+                    extra = sorted(self.vectors.all_ids(model) - rows)
+                    if extra:
+                        self.vectors.delete(model, extra)
+                        rep.orphan_vectors += len(extra)
+        return rep
+
+    def check(self) -> dict[str, int]:
+        """Consistency figures: rows without vectors, vectors without rows, files without rows."""
+        out = {"rows_without_vectors": 0, "vectors_without_rows": 0, "unfinished_rows": 0,
+               "files_without_rows": 0, "rows_without_files": 0}
+        models = set(self.meta.models_in_use()) | set(self.vectors.collections())
+        for model in models:
+            rows = set(self.meta.vector_ids(model))
+            vecs = self.vectors.all_ids(model)
+            out["rows_without_vectors"] += len(rows - vecs)
+            out["vectors_without_rows"] += len(vecs - rows)
+        out["unfinished_rows"] = len(self.meta.unfinished())
+        known = self.meta.stored_names()
+        files = {p.name for p in self.library_dir.iterdir() if p.is_file()}
+        out["files_without_rows"] = len(files - known)
+        out["rows_without_files"] = len(known - files)
+        return out
+
+
+def read_manifest(manifest: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """Read a CSV manifest: ``path`` (relative to the CSV) plus optional metadata columns."""
+    manifest = Path(manifest)
+    with open(manifest, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ValueError(f"{manifest.name}: a manifest needs a 'path' column")
+        out = []
+        for row in reader:
+            meta = {k: row.get(k) for k in ("label", "speaker", "source") if row.get(k)}
+            if row.get("tags"):
+                meta["tags"] = [t for t in row["tags"].split(";") if t.strip()]
+            out.append((manifest.parent / row["path"], meta))
+    return out

@@ -1,0 +1,203 @@
+"""Vector store on Milvus through pymilvus' MilvusClient.
+
+One collection per model (their dimensions differ), named ``audio_<model>``. The primary key
+is an explicit int64 equal to the metadata ``vectors.id``; vectors are L2-normalised and
+compared with COSINE. The same code talks to Milvus Lite (a local file URI, the default) and
+to a Milvus standalone/cluster (``http://host:19530``).
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+#: Build parameters per index type; search parameters are derived from them in :meth:`search`.
+INDEX_PARAMS: dict[str, dict] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 1024},
+    "IVF_SQ8": {"nlist": 1024},
+    "FLAT": {},
+    "AUTOINDEX": {},
+}
+
+
+def collection_name(model: str) -> str:
+    """The collection for ``model``; rejects names that are not ``[a-z][a-z0-9_]*``."""
+    if not isinstance(model, str) or not _NAME_RE.match(model):
+        raise ValueError(f"invalid model name {model!r}: use lower-case letters, digits and _")
+    return f"audio_{model}"
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    id: int
+    score: float  # cosine similarity in [-1, 1]
+
+
+class VectorStore:
+    """Thin wrapper over MilvusClient: ensure, upsert, search, delete, count, drop."""
+
+    def __init__(self, uri: str, index_type: str = "HNSW", search_ef: int = 64, nprobe: int = 32):
+        from pymilvus import MilvusClient
+
+        index_type = index_type.upper()
+        if index_type not in INDEX_PARAMS:
+            raise ValueError(f"unsupported index type {index_type!r}; choose one of {sorted(INDEX_PARAMS)}")
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = uri
+        self.index_type = index_type
+        self.search_ef = search_ef
+        self.nprobe = nprobe
+        self.client = MilvusClient(uri)
+        self._ready: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass
+
+    def ensure(self, model: str, dim: int) -> str:
+        """Create (if needed) and load the collection for ``model``; checks its dimension."""
+        name = collection_name(model)
+        if self._ready.get(name) == dim:
+            return name
+        from pymilvus import DataType, MilvusClient
+
+        with self._lock:
+            if self.client.has_collection(name):
+                desc = self.client.describe_collection(name)
+                have = next((f.get("params", {}).get("dim") for f in desc["fields"] if f["name"] == "vector"), None)
+                if have is not None and int(have) != int(dim):
+                    raise ValueError(f"collection {name} holds {have}-d vectors but model {model} "
+                                     f"gives {dim}-d; drop the collection to re-index")
+            else:
+                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+                schema.add_field("id", DataType.INT64, is_primary=True)
+                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+                idx = self.client.prepare_index_params()
+                idx.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE",
+                              params=INDEX_PARAMS[self.index_type])
+                self.client.create_collection(name, schema=schema, index_params=idx)
+            self.client.load_collection(name)
+            self._ready[name] = int(dim)
+        return name
+
+    def exists(self, model: str) -> bool:
+        return self.client.has_collection(collection_name(model))
+
+    def upsert(self, model: str, ids: Sequence[int], embeddings: np.ndarray) -> None:
+        """Insert or replace vectors by id (idempotent, so a retried ingest cannot duplicate)."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if len(ids) != len(embeddings):
+            raise ValueError(f"{len(ids)} ids for {len(embeddings)} vectors")
+        if len(ids) == 0:
+            return
+        name = self.ensure(model, embeddings.shape[1])
+        rows = [{"id": int(i), "vector": v} for i, v in zip(ids, embeddings)]
+        for start in range(0, len(rows), 1000):
+            self.client.upsert(name, rows[start:start + 1000])
+
+    def search(self, model: str, queries: np.ndarray, k: int,
+               filter_ids: Sequence[int] | None = None) -> list[list[VectorHit]]:
+        """Top-``k`` ids by cosine similarity for each query row (best first)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if not self.exists(model):
+            return [[] for _ in queries]
+        name = self.ensure(model, queries.shape[1])
+        params: dict = {"metric_type": "COSINE", "params": {}}
+        if self.index_type == "HNSW":
+            params["params"]["ef"] = max(self.search_ef, k)
+        elif self.index_type.startswith("IVF"):
+            params["params"]["nprobe"] = self.nprobe
+        kwargs = {}
+        if filter_ids is not None:
+            if not filter_ids:
+                return [[] for _ in queries]
+            kwargs["filter"] = f"id in [{','.join(str(int(i)) for i in filter_ids)}]"
+        res = self.client.search(name, data=list(queries), limit=int(k), search_params=params,
+                                 output_fields=["id"], **kwargs)
+        return [[VectorHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in res]
+
+    def get(self, model: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored vectors by id (missing ids are left out)."""
+        if not ids or not self.exists(model):
+            return {}
+        name = collection_name(model)
+        out = {}
+        for start in range(0, len(ids), 1000):
+            chunk = [int(i) for i in ids[start:start + 1000]]
+            for r in self.client.get(name, ids=chunk, output_fields=["id", "vector"]):
+                out[int(r["id"])] = np.asarray(r["vector"], dtype=np.float32)
+        return out
+
+    def existing_ids(self, model: str, ids: Sequence[int]) -> set[int]:
+        if not ids or not self.exists(model):
+            return set()
+        name = collection_name(model)
+        self.ensure_loaded(name)
+        found: set[int] = set()
+        for start in range(0, len(ids), 1000):
+            chunk = [int(i) for i in ids[start:start + 1000]]
+            res = self.client.query(name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"])
+            found.update(int(r["id"]) for r in res)
+        return found
+
+    def all_ids(self, model: str) -> set[int]:
+        """Every id in the collection (for orphan sweeps)."""
+        if not self.exists(model):
+            return set()
+        name = collection_name(model)
+        self.ensure_loaded(name)
+        it = self.client.query_iterator(name, batch_size=5000, filter="id >= -9223372036854775807",
+                                        output_fields=["id"])
+        ids: set[int] = set()
+        try:
+            while True:
+                batch = it.next()
+                if not batch:
+                    break
+                ids.update(int(r["id"]) for r in batch)
+        finally:
+            it.close()
+        return ids
+
+    def ensure_loaded(self, name: str) -> None:
+        if name not in self._ready:
+            self.client.load_collection(name)
+            self._ready[name] = -1
+
+    def delete(self, model: str, ids: Sequence[int]) -> None:
+        if not ids or not self.exists(model):
+            return
+        name = collection_name(model)
+        self.ensure_loaded(name)
+        for start in range(0, len(ids), 1000):
+            self.client.delete(name, ids=[int(i) for i in ids[start:start + 1000]])
+
+    def count(self, model: str) -> int:
+        if not self.exists(model):
+            return 0
+        name = collection_name(model)
+        self.ensure_loaded(name)
+        res = self.client.query(name, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def drop(self, model: str) -> None:
+        name = collection_name(model)
+        with self._lock:
+            if self.client.has_collection(name):
+                self.client.drop_collection(name)
+            self._ready.pop(name, None)
+
+    def collections(self) -> list[str]:
+        """Model names that have a collection."""
+        return sorted(n[len("audio_"):] for n in self.client.list_collections() if n.startswith("audio_"))
