@@ -2,7 +2,7 @@
 
     python -m search_core models
     python -m search_core ingest PATH [PATH ...] [--model M] [--manifest CSV]
-    python -m search_core search FILE [--model M] [-k 10]
+    python -m search_core search FILE [FILE ...] [--model M] [-k 10] [--json]
     python -m search_core count [--model M]
     python -m search_core list [--model M] [--limit N]
     python -m search_core delete CLIP_ID [CLIP_ID ...]
@@ -72,18 +72,20 @@ def cmd_ingest(args) -> int:
 def cmd_search(args) -> int:
     svc = _service()
     model = args.model or svc.settings.default_sound_model
-    res = svc.search(args.file, model, args.k)
-    if args.json:
-        print(json.dumps([{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name,
-                           "score": round(h.score, 4), "distance": round(h.distance, 4),
-                           "start_s": h.start_s, "end_s": h.end_s, "label": h.clip.label,
-                           "speaker": h.clip.speaker, "path": str(h.path)} for h in res.hits], indent=1))
-        return 0
-    print(f"{len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms)")
-    for h in res.hits:
-        where = f" [{h.start_s:.1f}-{h.end_s:.1f} s]" if h.is_segment else ""
-        extra = " ".join(f"{k}={v}" for k, v in (("label", h.clip.label), ("speaker", h.clip.speaker)) if v)
-        print(f"{h.rank:3d}. cosine {h.score:.3f}  dist {h.distance:.3f}  #{h.clip.id} {h.clip.original_name}{where} {extra}")
+    for file in args.files:
+        res = svc.search(file, model, args.k)
+        if args.json:  # one JSON line per query
+            print(json.dumps({"query": file, "model": model, "hits": [
+                {"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
+                 "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s, "label": h.clip.label,
+                 "speaker": h.clip.speaker, "path": str(h.path)} for h in res.hits]}))
+            continue
+        print(f"{file}: {len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms)")
+        for h in res.hits:
+            where = f" [{h.start_s:.1f}-{h.end_s:.1f} s]" if h.is_segment else ""
+            extra = " ".join(f"{k}={v}" for k, v in (("label", h.clip.label), ("speaker", h.clip.speaker)) if v)
+            print(f"{h.rank:3d}. cosine {h.score:.3f}  dist {h.distance:.3f}  #{h.clip.id} "
+                  f"{h.clip.original_name}{where} {extra}")
     return 0
 
 
@@ -138,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", help="CSV with a path column (relative to it) and label/speaker/source/tags")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_ingest)
-    s = sub.add_parser("search", help="find the clips most similar to FILE")
-    s.add_argument("file")
+    s = sub.add_parser("search", help="find the clips most similar to each FILE")
+    s.add_argument("files", nargs="+", metavar="FILE")
     s.add_argument("--model")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true")

@@ -44,7 +44,7 @@ class Settings:
     database_url: str
     library_dir: Path
     weights_dir: Path
-    index_type: str = "AUTOINDEX"
+    index_type: str = "HNSW"
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 2 * 3600.0
     default_sound_model: str = "aisfx"
@@ -67,7 +67,7 @@ def get_settings() -> Settings:
         database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'metadata.sqlite'}"),
         library_dir=Path(_env("LIBRARY_DIR", str(data_dir / "library"))).resolve(),
         weights_dir=Path(_env("WEIGHTS_DIR", str(data_dir / "weights"))).resolve(),
-        index_type=_env("MILVUS_INDEX_TYPE", "AUTOINDEX").upper(),
+        index_type=_env("MILVUS_INDEX_TYPE", "HNSW").upper(),
         max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", 200 * 1024 * 1024),
         max_duration_s=_env_float("MAX_DURATION_S", 2 * 3600.0),
         default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),

@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:
+#   make run    set up (virtualenv, pinned requirements, paddlespeech --no-deps) and start the app
+#   make test   set up (plus test tools, Chromium, MariaDB running) and run the tests
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TSTAMP  := $(VENV)/.test-installed
+PADDLESPEECH := paddlespeech==1.5.0
+
+.PHONY: run test venv test-deps mariadb benchmark clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(PADDLESPEECH)
+	touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py $(ARGS)
+
+$(TSTAMP): $(STAMP) tests/requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	touch $@
+
+test-deps: $(TSTAMP)
+
+mariadb:
+	@mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1 || \
+	  { start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
+	    for i in $$(seq 30); do mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1 && break; sleep 1; done; }
+
+test: $(TSTAMP) mariadb
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV)

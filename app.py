@@ -1,0 +1,367 @@
+"""Audio similarity search: the Gradio face of search_core.
+
+    python app.py                 # http://127.0.0.1:7860, embedded Milvus Lite + SQLite
+    python app.py --share         # public link; library changes need the admin login
+
+Every action calls one function of ``search_core``; this file holds no storage or model code.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse
+import getpass
+import hmac
+import html
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from search_core import audio as audio_mod
+from search_core import plots
+from search_core.audio import AudioError
+from search_core.config import Settings, get_settings
+from search_core.models import WeightsNotInstalled, describe, get_model
+from search_core.service import LibraryService
+
+MAX_K = 20
+ASSETS = Path(__file__).parent / "assets"
+FRIENDLY_ERRORS = (AudioError, WeightsNotInstalled, ValueError, KeyError, FileNotFoundError, NotADirectoryError)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may change the library. ``password`` None means no login is required (local use)."""
+
+    user: str = "admin"
+    password: str | None = None
+    public_search: bool = True
+
+    @property
+    def login_required(self) -> bool:
+        return self.password is not None
+
+    def check(self, user: str, password: str) -> bool:
+        if self.password is None:
+            return True
+        return hmac.compare_digest(str(user).encode(), self.user.encode()) and \
+            hmac.compare_digest(str(password).encode(), self.password.encode())
+
+
+def access_from_env(share: bool, prompt: bool = True) -> Access:
+    """Credentials from ADMIN_USER / ADMIN_PASSWORD, or a prompt; never a default password.
+
+    With ``share`` a password is required: taken from the environment, or asked for on a
+    terminal; without a terminal the app refuses to start.
+    """
+    user = os.environ.get("ADMIN_USER", "admin").strip() or "admin"
+    password = os.environ.get("ADMIN_PASSWORD") or None
+    public = os.environ.get("PUBLIC_SEARCH", "true").strip().lower() not in {"0", "false", "no", "off"}
+    if share and password is None:
+        if prompt and sys.stdin is not None and sys.stdin.isatty():
+            password = getpass.getpass(f"admin password for user {user!r} (library changes over the public link): ")
+        if not password:
+            raise SystemExit("--share needs an admin password: set ADMIN_PASSWORD (and optionally ADMIN_USER) "
+                             "or run in a terminal to be prompted")
+    if password is not None and len(password) < 8:
+        raise SystemExit("ADMIN_PASSWORD must be at least 8 characters")
+    return Access(user, password, public)
+
+
+# -- formatting (pure) ------------------------------------------------------------------------
+
+def model_choices(task: str | None = None) -> list[tuple[str, str]]:
+    out = []
+    for name in LibraryService.models():
+        m = get_model(name)
+        if task and m.info.task != task:
+            continue
+        out.append((describe(name), name))
+    return out
+
+
+def score_bar(score: float) -> str:
+    pct = max(0.0, min(1.0, score)) * 100
+    return (f'<div class="scorebar" title="cosine similarity {score:.3f}">'
+            f'<div class="scorefill" style="width:{pct:.0f}%"></div></div>')
+
+
+def hit_html(h) -> str:
+    c = h.clip
+    meta = [("label", c.label), ("speaker", c.speaker), ("source", c.source),
+            ("tags", ", ".join(c.tags) if c.tags else None)]
+    meta_html = " · ".join(f"<span class='k'>{k}</span> {html.escape(str(v))}" for k, v in meta if v)
+    where = f" · <b>{h.start_s:.1f}–{h.end_s:.1f} s</b> of {c.duration_s:.1f} s" if h.is_segment \
+        else f" · {c.duration_s:.1f} s"
+    more = f" · {len(h.segments)} matching segments" if len(h.segments) > 1 else ""
+    return (f"<div class='hit'><div class='hit-title'>#{h.rank} {html.escape(c.original_name)}</div>"
+            f"{score_bar(h.score)}"
+            f"<div class='hit-meta'>cosine similarity <b>{h.score:.3f}</b> · cosine distance {h.distance:.3f}"
+            f"{where}{more} · id {c.id} · {c.sample_rate} Hz, {c.channels} ch</div>"
+            f"<div class='hit-meta'>{meta_html}</div></div>")
+
+
+def hit_audio(svc: LibraryService, h):
+    """The stored file for a whole clip; just the matching range for a segment of a long file."""
+    if not h.is_segment:
+        return str(h.path)
+    a = audio_mod.load(h.path, None, max_bytes=1 << 62, max_duration_s=1e9)
+    s, e = int(h.start_s * a.sample_rate), int(h.end_s * a.sample_rate)
+    return a.sample_rate, a.samples[s:e]
+
+
+def hit_waveform(svc: LibraryService, h):
+    a = audio_mod.load(h.path, 8000, max_bytes=1 << 62, max_duration_s=1e9)
+    dur = max(a.duration_s, 1e-6)
+    hl = (h.start_s / dur, h.end_s / dur) if h.is_segment else None
+    return plots.waveform_image(a.samples, 480, 64, highlight=hl)
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+CSS = """
+.scorebar{height:8px;background:#e5e7eb;border-radius:4px;margin:4px 0 6px 0;overflow:hidden}
+.scorefill{height:100%;background:linear-gradient(90deg,#60a5fa,#2563eb)}
+.hit-title{font-weight:600}
+.hit-meta{font-size:0.85em;color:#4b5563}
+.hit-meta .k{color:#9ca3af}
+"""
+
+
+def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
+    sound_default = svc.settings.default_sound_model
+    choices = model_choices()
+    names = [v for _, v in choices]
+    default_model = sound_default if sound_default in names else (names[0] if names else None)
+    examples = sorted(str(p) for p in ASSETS.glob("*.wav"))
+
+    def is_admin(state: dict | None, request: gr.Request | None) -> bool:
+        if not access.login_required:
+            return True
+        if state and state.get("admin"):
+            return True
+        user = getattr(request, "username", None) if request is not None else None
+        return user is not None and hmac.compare_digest(str(user), access.user) and not access.public_search
+
+    def require_admin(state, request):
+        if not is_admin(state, request):
+            raise gr.Error("Log in as the admin (Library tab) to change the library.")
+
+    # ---- handlers: each calls one search_core function ----
+    def do_search(query_path, model, k, progress=gr.Progress()):
+        if not query_path:
+            raise gr.Error("Record or upload a clip first.")
+        try:
+            progress(0.1, desc="embedding the query")
+            res = svc.search(query_path, model, int(k))
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(str(err).strip("'\""))
+        q = res.query
+        status = (f"**{len(res.hits)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
+                  f"(query {q.duration_s:.1f} s). Score = cosine similarity of the embeddings; "
+                  f"distance = 1 − score.")
+        if not res.hits:
+            status += " The library has no clips for this model yet: add some in the Library tab."
+        outs = [plots.waveform_image(q.samples, 640, 80), plots.spectrogram_image(q.samples, q.sample_rate, 640, 120),
+                status]
+        progress(0.6, desc="preparing results")
+        for i in range(MAX_K):
+            if i < len(res.hits):
+                h = res.hits[i]
+                outs += [gr.update(visible=True), hit_audio(svc, h), hit_html(h), hit_waveform(svc, h)]
+            else:
+                outs += [gr.update(visible=False), None, "", None]
+        table = [{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
+                  "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s,
+                  "label": h.clip.label, "speaker": h.clip.speaker} for h in res.hits]
+        return outs + [table]
+
+    def do_ingest(files, model, label, speaker, tags, state, request: gr.Request, progress=gr.Progress()):
+        require_admin(state, request)
+        if not files:
+            raise gr.Error("Choose one or more audio files first.")
+        paths = [f if isinstance(f, str) else f.name for f in files]
+        meta = {"label": label or None, "speaker": speaker or None,
+                "tags": [t.strip() for t in (tags or "").split(",") if t.strip()]}
+        progress(0, desc="loading model")
+        try:
+            rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
+                                   progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(str(err))
+        return report_md(rep), counts_md(), browse_rows(model, "")
+
+    def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress()):
+        require_admin(state, request)
+        if not folder or not folder.strip():
+            raise gr.Error("Type a folder path on the server.")
+        try:
+            manifest = Path(folder) / "manifest.csv"
+            rep = svc.ingest_folder(folder.strip(), model, manifest=manifest if manifest.is_file() else None,
+                                    progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(str(err))
+        return report_md(rep), counts_md(), browse_rows(model, "")
+
+    def report_md(rep) -> str:
+        lines = [f"**{rep.summary()}**"]
+        for item in rep.errors[:50]:
+            lines.append(f"- ⚠ {html.escape(item.message)}")
+        if len(rep.errors) > 50:
+            lines.append(f"- … and {len(rep.errors) - 50} more")
+        if rep.errors:
+            gr.Warning(f"{len(rep.errors)} file(s) rejected; see the list under the upload box.")
+        return "\n".join(lines)
+
+    def counts_md() -> str:
+        counts = svc.counts()
+        if not counts:
+            return "The library is empty."
+        return "Clips indexed: " + " · ".join(f"**{m}**: {n}" for m, n in sorted(counts.items()))
+
+    def browse_rows(model, query, page=1):
+        rows = svc.list_clips(model or None, query or "", (max(1, int(page)) - 1) * 50, 50)
+        return [[c.id, c.original_name, round(c.duration_s, 2), c.created_at.strftime("%Y-%m-%d %H:%M"),
+                 c.label or "", c.speaker or "", ", ".join(models)] for c, models in rows]
+
+    def do_delete(clip_id, model, query, state, request: gr.Request):
+        require_admin(state, request)
+        if clip_id is None:
+            raise gr.Error("Enter the id of the clip to delete.")
+        if not svc.delete_clip(int(clip_id)):
+            raise gr.Error(f"No clip with id {int(clip_id)}.")
+        gr.Info(f"Deleted clip {int(clip_id)}.")
+        return counts_md(), browse_rows(model, query)
+
+    def do_drop(model, confirm, state, request: gr.Request):
+        require_admin(state, request)
+        if (confirm or "").strip() != model:
+            raise gr.Error(f"Type the model name '{model}' in the confirmation box to drop its collection.")
+        n = svc.drop_model(model)
+        gr.Info(f"Dropped {model}: {n} vectors.")
+        return counts_md(), browse_rows("", ""), ""
+
+    def do_login(user, password, state):
+        if access.check(user or "", password or ""):
+            return {"admin": True}, "Logged in as admin: you can change the library.", ""
+        gr.Warning("Wrong user name or password.")
+        return {"admin": False}, "Not logged in.", ""
+
+    with gr.Blocks(title="Audio similarity search") as demo:
+        gr.Markdown("# 🔊 Audio similarity search\nRecord or upload a sound and find the most similar "
+                    "clips in the library — or the same speaker, with a speaker model.")
+        state = gr.State({"admin": not access.login_required})
+        with gr.Tab("Search", id="search"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    query = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Query clip",
+                                     elem_id="query-audio")
+                    model = gr.Dropdown(choices=choices, value=default_model, label="Model", elem_id="search-model")
+                    k = gr.Slider(1, MAX_K, value=5, step=1, label="Top-k results")
+                    go = gr.Button("Search", variant="primary", elem_id="search-button")
+                    if examples:
+                        gr.Examples(examples=examples, inputs=[query], label="Example clips")
+                with gr.Column(scale=2, min_width=300):
+                    status = gr.Markdown("Results appear here.", elem_id="search-status")
+                    with gr.Row():
+                        q_wave = gr.Image(label="Query waveform", height=100, interactive=False,
+                                          buttons=[], elem_id="query-waveform")
+                        q_spec = gr.Image(label="Query spectrogram", height=130, interactive=False,
+                                          buttons=[], elem_id="query-spectrogram")
+                    slots = []
+                    for i in range(MAX_K):
+                        with gr.Group(visible=False, elem_classes=["hit-group"]) as grp:
+                            info = gr.HTML(elem_classes=["hit-info"])
+                            with gr.Row():
+                                player = gr.Audio(label=f"Result {i + 1}", interactive=False,
+                                                  elem_classes=["hit-audio"], show_label=False)
+                                wave = gr.Image(show_label=False, height=70, interactive=False,
+                                                buttons=[], elem_classes=["hit-wave"])
+                        slots += [grp, player, info, wave]
+                    with gr.Accordion("Results as data", open=False):
+                        table = gr.JSON(label="hits")
+            go.click(do_search, [query, model, k], [q_wave, q_spec, status] + slots + [table], api_name="search")
+
+        with gr.Tab("Library", id="library"):
+            counts = gr.Markdown(counts_md(), elem_id="library-counts")
+            if access.login_required:
+                with gr.Accordion("Admin login (needed to change the library)", open=True):
+                    with gr.Row():
+                        user_in = gr.Textbox(label="User", value="")
+                        pass_in = gr.Textbox(label="Password", type="password")
+                        login_btn = gr.Button("Log in")
+                    login_status = gr.Markdown("Not logged in.")
+                login_btn.click(do_login, [user_in, pass_in, state], [state, login_status, pass_in],
+                                api_name="login")
+            lib_model = gr.Dropdown(choices=choices, value=default_model, label="Model to index with",
+                                    elem_id="library-model")
+            with gr.Row():
+                label_in = gr.Textbox(label="Label (optional)")
+                speaker_in = gr.Textbox(label="Speaker (optional)")
+                tags_in = gr.Textbox(label="Tags, comma-separated (optional)")
+            files = gr.File(file_count="multiple", label="Audio files (wav, flac, mp3, ogg, m4a …)",
+                            file_types=["audio", ".m4a", ".flac", ".ogg", ".opus"], elem_id="library-files")
+            add_btn = gr.Button("Add to library", variant="primary", elem_id="add-button")
+            with gr.Accordion("Import a folder on the server (admin)", open=False):
+                folder = gr.Textbox(label="Folder path on the server (a manifest.csv in it is used for labels)")
+                folder_btn = gr.Button("Import folder")
+            report = gr.Markdown(elem_id="ingest-report")
+            gr.Markdown("### Browse")
+            with gr.Row():
+                browse_q = gr.Textbox(label="Filter by name, label, speaker or source", scale=3)
+                page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
+                refresh = gr.Button("Refresh", scale=1)
+            grid = gr.Dataframe(headers=["id", "name", "duration (s)", "added", "label", "speaker", "models"],
+                                value=browse_rows(default_model, ""), interactive=False, elem_id="library-table")
+            with gr.Row():
+                del_id = gr.Number(label="Clip id to delete", precision=0)
+                del_btn = gr.Button("Delete clip", variant="stop")
+            with gr.Accordion("Drop a model's whole collection", open=False):
+                drop_model = gr.Dropdown(choices=choices, value=default_model, label="Model")
+                confirm = gr.Textbox(label="Type the model name to confirm")
+                drop_btn = gr.Button("Drop collection", variant="stop")
+
+            add_btn.click(do_ingest, [files, lib_model, label_in, speaker_in, tags_in, state],
+                          [report, counts, grid], api_name="ingest")
+            folder_btn.click(do_import_folder, [folder, lib_model, state], [report, counts, grid],
+                             api_name="import_folder")
+            for trigger in (refresh.click, browse_q.submit, lib_model.change, page.change):
+                trigger(browse_rows, [lib_model, browse_q, page], [grid], api_name=False)
+            del_btn.click(do_delete, [del_id, lib_model, browse_q, state], [counts, grid], api_name="delete")
+            drop_btn.click(do_drop, [drop_model, confirm, state], [counts, grid, confirm], api_name="drop")
+            gr.Button("Count", visible=False).click(counts_md, None, [counts], api_name="count")
+        demo.load(counts_md, None, [counts], api_name=False)
+    return demo
+
+
+def launch_kwargs(settings: Settings, access: Access) -> dict:
+    """Options for ``demo.launch``: files are served from the library only."""
+    kw = dict(allowed_paths=[str(settings.library_dir)], css=CSS,
+              max_file_size=settings.max_upload_bytes, show_error=False)
+    if access.login_required and not access.public_search:
+        kw["auth"] = lambda u, p: access.check(u, p)
+        kw["auth_message"] = "Log in to search this audio library."
+    return kw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Audio similarity search (Gradio app)")
+    parser.add_argument("--share", action="store_true", help="publish a public Gradio link (admin login required)")
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7860")))
+    args = parser.parse_args(argv)
+    access = access_from_env(args.share)
+    settings = get_settings()
+    svc = LibraryService(settings)
+    demo = build_app(svc, access)
+    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
+                                                   share=args.share, **launch_kwargs(settings, access))
+
+
+if __name__ == "__main__":
+    main()

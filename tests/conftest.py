@@ -1,0 +1,122 @@
+"""Shared fixtures: isolated settings per test, both metadata backends, generated audio."""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("SEARCH_CORE_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from search_core.config import get_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+MYSQL_ADMIN_URL = os.environ.get("TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def tone(freq: float, seconds: float = 2.0, rate: int = 16000, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A sine (optionally with noise) as float32 mono."""
+    t = np.arange(int(seconds * rate)) / rate
+    y = 0.5 * np.sin(2 * np.pi * freq * t)
+    if noise:
+        y = y + noise * np.random.default_rng(seed).standard_normal(len(t))
+    return y.astype(np.float32)
+
+
+def sound(kind: int, seconds: float = 2.0, rate: int = 16000) -> np.ndarray:
+    """Distinct synthetic sounds: tones, chirps, noise bursts, clicks (deterministic per kind)."""
+    rng = np.random.default_rng(kind)
+    t = np.arange(int(seconds * rate)) / rate
+    family = kind % 4
+    if family == 0:
+        y = np.sin(2 * np.pi * (200 + 150 * kind) * t)
+    elif family == 1:
+        f0, f1 = 100 + 50 * kind, 2000 + 300 * kind
+        y = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds)))
+    elif family == 2:
+        y = rng.standard_normal(len(t)) * (np.sin(2 * np.pi * (1 + kind) * t) > 0)
+    else:
+        y = np.zeros(len(t))
+        y[:: int(rate / (3 + kind))] = 1.0
+        y = np.convolve(y, np.hanning(64), mode="same")
+    y = y / (np.max(np.abs(y)) + 1e-9) * 0.6
+    return y.astype(np.float32)
+
+
+def write_wav(path: Path, y: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), y, rate, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def clips(tmp_path) -> list[Path]:
+    """Eight distinct generated wav clips."""
+    return [write_wav(tmp_path / "in" / f"sound_{i}.wav", sound(i)) for i in range(8)]
+
+
+def _mysql_database():
+    """Create a throwaway database on the local MariaDB; yields its URL; drops it after."""
+    sa = pytest.importorskip("sqlalchemy")
+    name = f"audiosearch_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(MYSQL_ADMIN_URL)
+    try:
+        with admin.begin() as c:
+            c.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    except Exception as err:  # the tests of the MySQL path must run: fail, don't skip
+        pytest.fail(f"MariaDB on 127.0.0.1:3306 is needed for the MySQL tests ({err}); "
+                    "start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd")
+    url = MYSQL_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}?charset=utf8mb4"
+    try:
+        yield url
+    finally:
+        with admin.begin() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
+@pytest.fixture
+def mysql_url():
+    yield from _mysql_database()
+
+
+def make_settings(tmp_path: Path, database_url: str | None = None, **kw):
+    base = get_settings()
+    data = tmp_path / "data"
+    return replace(base, data_dir=data, milvus_uri=str(data / "milvus.db"),
+                   database_url=database_url or f"sqlite:///{data / 'metadata.sqlite'}",
+                   library_dir=data / "library", weights_dir=data / "weights", index_type="HNSW", **kw)
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend_settings(request, tmp_path):
+    """Settings for the embedded default (SQLite) and for the MariaDB server."""
+    if request.param == "sqlite":
+        yield make_settings(tmp_path)
+    else:
+        gen = _mysql_database()
+        url = next(gen)
+        try:
+            yield make_settings(tmp_path, url)
+        finally:
+            gen.close()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def service(settings):
+    from search_core.service import LibraryService
+
+    svc = LibraryService(settings)
+    yield svc
+    svc.close()
