@@ -8,6 +8,7 @@
     python -m search_core delete CLIP_ID [CLIP_ID ...]
     python -m search_core drop MODEL --yes
     python -m search_core recover
+    python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center]
 """
 from __future__ import annotations
 
@@ -130,6 +131,27 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_manifest, rules_for
+
+    settings = get_settings()
+    model = args.model or settings.default_sound_model
+    rules = rules_for(args.manifest, args.relevant, args.group, args.drop_equal or ())
+    bar = tqdm(total=0, unit="clip", disable=args.quiet)
+
+    def progress(stage, done, total):
+        bar.set_description(stage)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    res = evaluate_manifest(args.manifest, model, rules, k=args.k, data_dir=args.data_dir,
+                            with_centered=args.center, limit=args.limit, progress=progress)
+    bar.close()
+    print(json.dumps(res.to_dict()) if args.json else res.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m search_core", description="Audio similarity search engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -162,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true")
     s.set_defaults(fn=cmd_drop)
     sub.add_parser("recover", help="repair interrupted writes, report consistency").set_defaults(fn=cmd_recover)
+    s = sub.add_parser("eval", help="retrieval quality of a model on a labelled manifest (P@k, mAP@k, R@1)",
+                       description="Index every clip of MANIFEST (in a temporary DATA_DIR unless --data-dir), "
+                                   "query with each clip, report P@k, mAP@k, R@1 and the ANN recall@k. "
+                                   "Without --relevant, manifests named esc50/fsdd/emodb use the rules of "
+                                   "their README; others use relevant = same label.")
+    s.add_argument("manifest", metavar="MANIFEST")
+    s.add_argument("--model")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--relevant", help="column whose equal values are relevant (e.g. label, speaker)")
+    s.add_argument("--group", help="column of groups whose members are dropped from each other's candidates")
+    s.add_argument("--drop-equal", action="append", metavar="COL",
+                   help="drop candidates with the query's value in COL (repeatable)")
+    s.add_argument("--center", action="store_true", help="also report exact search after subtracting the mean")
+    s.add_argument("--data-dir", help="keep the stores here instead of a temporary folder")
+    s.add_argument("--limit", type=int, help="use only the first N rows")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_eval)
     return p
 
 
