@@ -90,10 +90,20 @@ def check_file(path: str | os.PathLike, max_bytes: int, name: str | None = None)
     if size == 0:
         raise AudioError(name, "file is empty (0 bytes)")
     if size > max_bytes:
-        raise AudioError(name, f"file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit")
+        raise AudioError(name, f"file is {_fmt_bytes(size)}, over the {_fmt_bytes(max_bytes)} limit")
     if not os.access(p, os.R_OK):
         raise AudioError(name, "file is not readable (permission denied)")
     return size
+
+
+def _fmt_bytes(n: float) -> str:
+    """``64 kB`` / ``41.0 MB``: precise enough that a file and its limit never read the same."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _fmt_seconds(s: float) -> str:
+    """``2.0 s`` below two minutes, ``60.0 min`` above."""
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def probe(path: str | os.PathLike, name: str | None = None) -> AudioInfo:
@@ -138,7 +148,10 @@ def _probe_av(path, name: str) -> AudioInfo:
 
 
 def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The reason of a decoder error in one short line, without the server-side file path."""
+    reason = getattr(err, "strerror", None)  # av/OS errors: the reason without "[Errno n]" and the path
+    text = str(reason if reason else err).strip()
+    text = text.splitlines()[0] if text else type(err).__name__
     return text[:160]
 
 
@@ -228,13 +241,13 @@ def load(path: str | os.PathLike, sample_rate: int | None = None, *, max_bytes: 
     check_file(path, max_bytes, name)
     info = probe(path, name)
     if info.duration_s > max_duration_s:
-        raise AudioError(name, f"is {info.duration_s / 60:.1f} min long, over the "
-                               f"{max_duration_s / 60:.1f} min limit")
+        raise AudioError(name, f"is {_fmt_seconds(info.duration_s)} long, over the "
+                               f"{_fmt_seconds(max_duration_s)} limit")
     data, rate = decode(path, name)
     mono = validate_samples(to_mono(data), rate, name)
     if len(mono) / rate > max_duration_s:  # containers can lie about their length
-        raise AudioError(name, f"is {len(mono) / rate / 60:.1f} min long, over the "
-                               f"{max_duration_s / 60:.1f} min limit")
+        raise AudioError(name, f"is {_fmt_seconds(len(mono) / rate)} long, over the "
+                               f"{_fmt_seconds(max_duration_s)} limit")
     out = resample(mono, rate, sample_rate) if sample_rate else mono
     return Audio(out, sample_rate or rate, rate, data.shape[1])
 

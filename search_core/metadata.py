@@ -313,6 +313,25 @@ class MetadataStore:
             q = sa.select(vectors.c.id, vectors.c.model, vectors.c.status).where(vectors.c.status != READY)
             return [(int(i), m, s) for i, m, s in c.execute(q)]
 
+    def vector_groups(self, vector_ids: Sequence[int]) -> dict[tuple[int, str], list[int]]:
+        """Every vector row id of each (clip, model) that one of ``vector_ids`` belongs to.
+
+        Recovery treats such a group (all segments of one clip for one model) as one unit.
+        """
+        ids = [int(i) for i in vector_ids]
+        keys: set[tuple[int, str]] = set()
+        with self.engine.connect() as c:
+            for chunk in _chunks(ids):
+                q = sa.select(vectors.c.clip_id, vectors.c.model).distinct().where(vectors.c.id.in_(chunk))
+                keys.update((int(cid), m) for cid, m in c.execute(q))
+            out: dict[tuple[int, str], list[int]] = {}
+            for chunk in _chunks(sorted({cid for cid, _ in keys})):
+                q = sa.select(vectors.c.id, vectors.c.clip_id, vectors.c.model).where(vectors.c.clip_id.in_(chunk))
+                for vid, cid, m in c.execute(q):
+                    if (int(cid), m) in keys:
+                        out.setdefault((int(cid), m), []).append(int(vid))
+        return out
+
     def models_in_use(self) -> list[str]:
         with self.engine.connect() as c:
             return sorted(r[0] for r in c.execute(sa.select(vectors.c.model).distinct()))

@@ -10,10 +10,12 @@ and search never shows a half-written clip)::
     delete:  one transaction: status 'deleting'          (hidden from search at once)
              -> Milvus delete -> one transaction: delete rows -> remove the file
 
-:meth:`LibraryService.recover` (run on start-up, and on demand) finishes or rolls back
-whatever a crash interrupted: pending rows whose vectors all exist become ready, others are
-removed with their vectors; 'deleting' rows are deleted; clip rows without vectors, library
-files without rows, temp files and Milvus vectors without rows are removed.
+:meth:`LibraryService.recover` (run on start-up, after a failed write, and on demand) finishes
+or rolls back whatever a fault interrupted, one clip-and-model at a time: pending rows whose
+vectors all exist become ready, otherwise all of that clip's rows and vectors for the model go;
+'deleting' rows are deleted; ready rows whose vector the store lost are rolled back (a rerun
+re-adds them); Milvus vectors without rows, clip rows without vectors, library files without
+rows and temp files are removed. A healthy clip is never touched.
 """
 from __future__ import annotations
 
@@ -263,28 +265,48 @@ class LibraryService:
         rate = a.sample_rate
         segments = [(s / rate, e / rate) for s, e in bounds]
         with self._write_lock:
-            stored = self._store_file(p["path"], p["sha"], p["name"])
-            new = NewClip(sha256=p["sha"], stored_name=stored, original_name=p["name"],
-                          duration_s=round(a.duration_s, 3), sample_rate=a.source_rate,
-                          channels=a.source_channels, label=clean_text(meta.get("label")),
-                          speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
-                          tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
-            began = self.meta.begin_ingest(new, model, segments)
-            if began is None:
-                return 0
-            clip_id, ids = began
-            self._fault("after_rows")
-            self.vectors.upsert(model, ids, vecs)
-            self._fault("after_vectors")
-            self.meta.set_status(ids, READY)
-            self._fault("after_ready")
+            try:
+                # the same content may already be stored (for another model, under another
+                # extension): reuse that file so no second, orphaned copy is made
+                known = self.meta.clip_by_sha(p["sha"])
+                stored = self._store_file(p["path"], p["sha"], p["name"],
+                                          known.stored_name if known else None)
+                self._fault("before_rows")
+                new = NewClip(sha256=p["sha"], stored_name=stored, original_name=p["name"],
+                              duration_s=round(a.duration_s, 3), sample_rate=a.source_rate,
+                              channels=a.source_channels, label=clean_text(meta.get("label")),
+                              speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
+                              tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
+                began = self.meta.begin_ingest(new, model, segments)
+                if began is None:
+                    return 0
+                clip_id, ids = began
+                self._fault("after_rows")
+                self.vectors.upsert(model, ids, vecs)
+                self._fault("after_vectors")
+                self.meta.set_status(ids, READY)
+                self._fault("after_ready")
+            except BaseException:
+                self._recover_after_error()
+                raise
             return clip_id
 
-    def _store_file(self, src: Path, sha: str, name: str) -> str:
-        """Copy ``src`` into the library as ``<sha><ext>`` (atomic; a no-op when present)."""
-        ext = Path(name).suffix.lower()
-        ext = ext if ext in audio_mod.AUDIO_EXTENSIONS else ".bin"
-        stored = f"{sha}{ext}"
+    def _recover_after_error(self) -> None:
+        """Best effort, right after a failed write: finish or roll back what it left behind.
+
+        If this fails too (the store is down), start-up recovery does it later.
+        """
+        try:
+            self.recover(sweep_vectors=False)
+        except Exception:
+            pass
+
+    def _store_file(self, src: Path, sha: str, name: str, stored: str | None = None) -> str:
+        """Copy ``src`` into the library as ``stored`` or ``<sha><ext>`` (atomic; a no-op when present)."""
+        if stored is None:
+            ext = Path(name).suffix.lower()
+            ext = ext if ext in audio_mod.AUDIO_EXTENSIONS else ".bin"
+            stored = f"{sha}{ext}"
         dest = self.library_dir / stored
         if dest.exists():
             return stored
@@ -345,6 +367,9 @@ class LibraryService:
                                                message=f"{name}: links outside the import folder; refused"))
                 continue
             if real.is_dir():
+                if manifest:  # a walked folder named like a file is just walked into
+                    report.items.append(IngestItem(name, "error", message=f"{name}: is a directory, "
+                                                                          "not an audio file"))
                 continue
             ok_paths.append(real)
             ok_names.append(name)
@@ -428,13 +453,17 @@ class LibraryService:
             if clip is None:
                 return False
             by_model = self.meta.mark_clip_deleting(clip.id)
-            self._fault("delete_after_mark")
-            for model, ids in by_model.items():
-                self.vectors.delete(model, ids)
-            self._fault("delete_after_vectors")
-            self.meta.delete_clip(clip.id)
-            self._fault("delete_after_rows")
-            self._remove_file(clip.stored_name)
+            try:  # once marked, the delete is rolled forward, here or by start-up recovery
+                self._fault("delete_after_mark")
+                for model, ids in by_model.items():
+                    self.vectors.delete(model, ids)
+                self._fault("delete_after_vectors")
+                self.meta.delete_clip(clip.id)
+                self._fault("delete_after_rows")
+                self._remove_file(clip.stored_name)
+            except BaseException:
+                self._recover_after_error()
+                raise
         return True
 
     def drop_model(self, model: str) -> int:
@@ -442,10 +471,14 @@ class LibraryService:
         collection_name(model)
         with self._write_lock:
             ids = self.meta.mark_model_deleting(model)
-            self.vectors.drop(model)
-            self.meta.delete_vector_rows(ids)
-            for clip in self.meta.delete_clips_without_vectors():
-                self._remove_file(clip.stored_name)
+            try:
+                self.vectors.drop(model)
+                self.meta.delete_vector_rows(ids)
+                for clip in self.meta.delete_clips_without_vectors():
+                    self._remove_file(clip.stored_name)
+            except BaseException:
+                self._recover_after_error()
+                raise
         return len(ids)
 
     def _remove_file(self, stored_name: str) -> None:
@@ -465,19 +498,35 @@ class LibraryService:
                 pending = groups.get(PENDING, [])
                 if pending:
                     present = self.vectors.existing_ids(model, pending)
-                    done = [i for i in pending if i in present]
-                    # a clip is complete only if all its segments made it; segments are written
-                    # in one upsert, so per-row presence is exact enough here
+                    # a clip is complete only if every one of its segments made it; otherwise
+                    # the whole clip is rolled back (no half-indexed clip ever becomes ready)
+                    done, undo = [], []
+                    for ids in self.meta.vector_groups(pending).values():
+                        (done if all(i in present for i in ids) else undo).extend(ids)
                     self.meta.set_status(done, READY)
                     rep.completed += len(done)
-                    missing = [i for i in pending if i not in present]
-                    self.meta.delete_vector_rows(missing)
-                    rep.rolled_back += len(missing)
+                    self.vectors.delete(model, [i for i in undo if i in present])
+                    self.meta.delete_vector_rows(undo)
+                    rep.rolled_back += len(undo)
                 deleting = groups.get(DELETING, [])
                 if deleting:
                     self.vectors.delete(model, deleting)
                     self.meta.delete_vector_rows(deleting)
                     rep.deleted_rows += len(deleting)
+            if sweep_vectors:
+                for model in self.vectors.collections():
+                    rows = set(self.meta.vector_ids(model))
+                    have = self.vectors.all_ids(model)
+                    extra = sorted(have - rows)
+                    if extra:
+                        self.vectors.delete(model, extra)
+                        rep.orphan_vectors += len(extra)
+                    lost = sorted(rows - have)  # ready rows whose vector the store lost
+                    if lost:
+                        undo = [i for ids in self.meta.vector_groups(lost).values() for i in ids]
+                        self.vectors.delete(model, [i for i in undo if i in have])
+                        self.meta.delete_vector_rows(undo)
+                        rep.rolled_back += len(undo)
             for clip in self.meta.delete_clips_without_vectors():
                 self._remove_file(clip.stored_name)
                 rep.orphan_clips += 1
@@ -486,13 +535,6 @@ class LibraryService:
                 if p.is_file() and (p.name.startswith(_TMP_PREFIX) or p.name not in known):
                     p.unlink(missing_ok=True)
                     rep.orphan_files += 1
-            if sweep_vectors:
-                for model in self.vectors.collections():
-                    rows = set(self.meta.vector_ids(model))
-                    extra = sorted(self.vectors.all_ids(model) - rows)
-                    if extra:
-                        self.vectors.delete(model, extra)
-                        rep.orphan_vectors += len(extra)
         return rep
 
     def check(self) -> dict[str, int]:

@@ -147,7 +147,8 @@ class VectorStore:
         found: set[int] = set()
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start:start + 1000]]
-            res = self.client.query(name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"])
+            res = self.client.query(name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"],
+                                    consistency_level="Strong")  # recovery must see every write
             found.update(int(r["id"]) for r in res)
         return found
 
@@ -158,7 +159,7 @@ class VectorStore:
         name = collection_name(model)
         self.ensure_loaded(name)
         it = self.client.query_iterator(name, batch_size=5000, filter="id >= -9223372036854775807",
-                                        output_fields=["id"])
+                                        output_fields=["id"], consistency_level="Strong")
         ids: set[int] = set()
         try:
             while True:
