@@ -15,12 +15,16 @@ import argparse
 import getpass
 import hmac
 import html
+import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import soundfile as sf
 
 from search_core import audio as audio_mod
 from search_core import plots
@@ -85,6 +89,23 @@ def model_choices(task: str | None = None) -> list[tuple[str, str]]:
     return out
 
 
+_ABS_PATH = re.compile(r"""(?<![\w.])(?P<q>['"]?)(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+(?P<base>[^\s'"\\/]+)(?P=q)""")
+_ERRNO = re.compile(r"\[Errno -?\d+\]\s*")
+
+
+def public_message(err) -> str:
+    """An error as a person should read it: one line, server paths cut to their file name.
+
+    >>> public_message("a.wav: not readable ([Errno 5] bad data: '/tmp/gradio/ab12/a.wav')")
+    'a.wav: not readable (bad data: a.wav)'
+    >>> public_message(KeyError("unknown model 'x'"))
+    "unknown model 'x'"
+    """
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = (text.strip().splitlines() or ["unknown error"])[0]
+    return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("base"), text))
+
+
 def score_bar(score: float) -> str:
     pct = max(0.0, min(1.0, score)) * 100
     return (f'<div class="scorebar" title="cosine similarity {score:.3f}">'
@@ -106,30 +127,120 @@ def hit_html(h) -> str:
             f"<div class='hit-meta'>{meta_html}</div></div>")
 
 
-def hit_audio(svc: LibraryService, h):
-    """The stored file for a whole clip; just the matching range for a segment of a long file."""
+def hit_audio(h):
+    """The stored file for a whole clip; just the matching range for a segment of a long file.
+
+    The range is read directly (no decoding of the rest) when libsndfile can seek the file.
+    """
     if not h.is_segment:
         return str(h.path)
-    a = audio_mod.load(h.path, None, max_bytes=1 << 62, max_duration_s=1e9)
-    s, e = int(h.start_s * a.sample_rate), int(h.end_s * a.sample_rate)
-    return a.sample_rate, a.samples[s:e]
+    try:
+        with sf.SoundFile(str(h.path)) as f:
+            rate = f.samplerate
+            f.seek(min(int(h.start_s * rate), f.frames))
+            return rate, f.read(max(0, int((h.end_s - h.start_s) * rate)), dtype="float32")
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        a = audio_mod.load(h.path, None, max_bytes=1 << 62, max_duration_s=1e9)
+        s, e = int(h.start_s * a.sample_rate), int(h.end_s * a.sample_rate)
+        return a.sample_rate, a.samples[s:e]
 
 
-def hit_waveform(svc: LibraryService, h):
-    a = audio_mod.load(h.path, 8000, max_bytes=1 << 62, max_duration_s=1e9)
-    dur = max(a.duration_s, 1e-6)
+THUMB_W, THUMB_H = 400, 56
+
+
+@lru_cache(maxsize=2048)
+def _envelope(path: str, columns: int = THUMB_W) -> tuple[np.ndarray, float]:
+    """Min/max of the mono mix per pixel column of a stored file, and its duration in seconds.
+
+    Cached per path: library files are named by their content hash, so they never change. Files
+    libsndfile can read are streamed in blocks (memory stays small for hour-long recordings);
+    other formats are decoded once at 8 kHz.
+    """
+    try:
+        with sf.SoundFile(path) as f:
+            frames, rate = f.frames, f.samplerate
+            if frames <= 0:
+                raise RuntimeError("unknown length")
+            per_col = -(-frames // columns)
+            lo, hi = [], []
+            for block in f.blocks(blocksize=per_col * 256, dtype="float32", always_2d=True):
+                mono = block.mean(axis=1)
+                pad = (-len(mono)) % per_col
+                cols = np.pad(mono, (0, pad), mode="edge").reshape(-1, per_col)
+                lo.append(cols.min(axis=1))
+                hi.append(cols.max(axis=1))
+            env = np.column_stack([np.concatenate(lo), np.concatenate(hi)]).ravel()
+            return env, frames / rate
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        a = audio_mod.load(path, 8000, max_bytes=1 << 62, max_duration_s=1e9)
+        return a.samples, a.duration_s
+
+
+def hit_waveform(h):
+    """A small waveform picture of the hit's file; the matching range is highlighted for a segment."""
+    env, dur = _envelope(str(h.path))
+    dur = max(dur, 1e-6)
     hl = (h.start_s / dur, h.end_s / dur) if h.is_segment else None
-    return plots.waveform_image(a.samples, 480, 64, highlight=hl)
+    return plots.waveform_image(env, THUMB_W, THUMB_H, highlight=hl)
+
+
+_RENDER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="render")
+
+
+def search_outputs(res, model: str) -> list:
+    """The Search tab's outputs for a ``SearchResult``, in the order of the /search endpoint.
+
+    Query waveform, query spectrogram, status text, then ``MAX_K`` slots of (visibility, audio,
+    info HTML, waveform image), then the hits as data. Pictures and segment audio are made in a
+    small thread pool, concurrently, so 20 hits cost about as much as the slowest few.
+    """
+    q = res.query
+    status = (f"**{len(res.hits)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
+              f"(query {q.duration_s:.1f} s). Score = cosine similarity of the embeddings; "
+              f"distance = 1 − score.")
+    if not res.hits:
+        status += " The library has no clips for this model yet: add some in the Library tab."
+    q_wave = _RENDER_POOL.submit(plots.waveform_image, q.samples, 640, 80)
+    q_spec = _RENDER_POOL.submit(plots.spectrogram_image, q.samples, q.sample_rate, 640, 120)
+    audios = [_RENDER_POOL.submit(hit_audio, h) for h in res.hits]
+    waves = [_RENDER_POOL.submit(hit_waveform, h) for h in res.hits]
+    outs = [q_wave.result(), q_spec.result(), status]
+    for i in range(MAX_K):
+        if i < len(res.hits):
+            h = res.hits[i]
+            outs += [gr.update(visible=True), audios[i].result(), hit_html(h), waves[i].result()]
+        else:
+            outs += [gr.update(visible=False), None, "", None]
+    table = [{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
+              "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s,
+              "label": h.clip.label, "speaker": h.clip.speaker} for h in res.hits]
+    return outs + [table]
 
 
 # -- the app ----------------------------------------------------------------------------------
 
 CSS = """
+/* Gradio's bundled Source Sans Pro SemiBold lacks most letters: semibold text mixed two fonts */
+@font-face{font-family:"Source Sans Pro";font-style:normal;font-weight:600;font-display:swap;
+  src:url("static/fonts/SourceSansPro/SourceSansPro-Bold.woff2") format("woff2")}
+.gradio-container{max-width:1200px !important;margin:0 auto}
+#page-intro h1{margin-bottom:0.2em}
 .scorebar{height:8px;background:#e5e7eb;border-radius:4px;margin:4px 0 6px 0;overflow:hidden}
 .scorefill{height:100%;background:linear-gradient(90deg,#60a5fa,#2563eb)}
-.hit-title{font-weight:600}
-.hit-meta{font-size:0.85em;color:#4b5563}
-.hit-meta .k{color:#9ca3af}
+.hit-group{border:1px solid var(--border-color-primary);border-radius:10px;overflow:hidden}
+.hit-group,.hit-group .styler,.hit-group .block{background:var(--block-background-fill) !important}
+#query-pictures .block{padding:0;border-width:0 !important;box-shadow:none}
+#query-pictures button{border:none;padding:0;background:none}
+#query-pictures img{border-radius:6px}
+.hit{padding:8px 12px 2px 12px}
+.hit-title{font-weight:600;overflow-wrap:anywhere}
+.hit-meta{font-size:0.85em;color:var(--body-text-color);opacity:0.8;overflow-wrap:anywhere}
+.hit-meta .k{opacity:0.75}
+.hit-row{flex-wrap:wrap;align-items:center}
+.hit-audio audio{width:100%}
+.hit-wave img,#query-waveform img,#query-spectrogram img{object-fit:fill;width:100%;image-rendering:auto}
+.hit-wave{min-height:0 !important}
+@media (max-width:640px){.gradio-container{padding-left:8px !important;padding-right:8px !important}}
 """
 
 
@@ -139,6 +250,9 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
     names = [v for _, v in choices]
     default_model = sound_default if sound_default in names else (names[0] if names else None)
     examples = sorted(str(p) for p in ASSETS.glob("*.wav"))
+    # hits are played straight from the library folder (already served: see launch_kwargs), not
+    # copied into Gradio's cache and hashed on every search
+    gr.set_static_paths([str(svc.library_dir)])
 
     def is_admin(state: dict | None, request: gr.Request | None) -> bool:
         if not access.login_required:
@@ -153,35 +267,21 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
             raise gr.Error("Log in as the admin (Library tab) to change the library.")
 
     # ---- handlers: each calls one search_core function ----
-    def do_search(query_path, model, k, progress=gr.Progress()):
+    def do_search(query_path, model, k, label_f="", speaker_f="", source_f="", tag_f="",
+                  progress=gr.Progress(track_tqdm=True)):
         if not query_path:
             raise gr.Error("Record or upload a clip first.")
         try:
             progress(0.1, desc="embedding the query")
-            res = svc.search(query_path, model, int(k))
+            res = svc.search(query_path, model, int(k), filters={"label": label_f, "speaker": speaker_f,
+                                                                 "source": source_f, "tag": tag_f})
         except FRIENDLY_ERRORS as err:
-            raise gr.Error(str(err).strip("'\""))
-        q = res.query
-        status = (f"**{len(res.hits)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
-                  f"(query {q.duration_s:.1f} s). Score = cosine similarity of the embeddings; "
-                  f"distance = 1 − score.")
-        if not res.hits:
-            status += " The library has no clips for this model yet: add some in the Library tab."
-        outs = [plots.waveform_image(q.samples, 640, 80), plots.spectrogram_image(q.samples, q.sample_rate, 640, 120),
-                status]
+            raise gr.Error(public_message(err))
         progress(0.6, desc="preparing results")
-        for i in range(MAX_K):
-            if i < len(res.hits):
-                h = res.hits[i]
-                outs += [gr.update(visible=True), hit_audio(svc, h), hit_html(h), hit_waveform(svc, h)]
-            else:
-                outs += [gr.update(visible=False), None, "", None]
-        table = [{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
-                  "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s,
-                  "label": h.clip.label, "speaker": h.clip.speaker} for h in res.hits]
-        return outs + [table]
+        return search_outputs(res, model)
 
-    def do_ingest(files, model, label, speaker, tags, state, request: gr.Request, progress=gr.Progress()):
+    def do_ingest(files, model, label, speaker, tags, state, request: gr.Request,
+                  progress=gr.Progress(track_tqdm=True)):
         require_admin(state, request)
         if not files:
             raise gr.Error("Choose one or more audio files first.")
@@ -193,10 +293,10 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
             rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
                                    progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         except FRIENDLY_ERRORS as err:
-            raise gr.Error(str(err))
+            raise gr.Error(public_message(err))
         return report_md(rep), counts_md(), browse_rows(model, "")
 
-    def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress()):
+    def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         require_admin(state, request)
         if not folder or not folder.strip():
             raise gr.Error("Type a folder path on the server.")
@@ -205,13 +305,13 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
             rep = svc.ingest_folder(folder.strip(), model, manifest=manifest if manifest.is_file() else None,
                                     progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         except FRIENDLY_ERRORS as err:
-            raise gr.Error(str(err))
+            raise gr.Error(str(err))  # the admin typed this path: show it whole
         return report_md(rep), counts_md(), browse_rows(model, "")
 
     def report_md(rep) -> str:
         lines = [f"**{rep.summary()}**"]
         for item in rep.errors[:50]:
-            lines.append(f"- ⚠ {html.escape(item.message)}")
+            lines.append(f"- ⚠ {html.escape(public_message(item.message))}")
         if len(rep.errors) > 50:
             lines.append(f"- … and {len(rep.errors) - 50} more")
         if rep.errors:
@@ -246,6 +346,49 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         gr.Info(f"Dropped {model}: {n} vectors.")
         return counts_md(), browse_rows("", ""), ""
 
+    def speaker_rows(model=None):
+        return [[sp.name, sp.model, sp.n_clips, sp.updated_at.strftime("%Y-%m-%d %H:%M")]
+                for sp in svc.speakers.list(model or None)]
+
+    def do_enrol(name, clips, model, add, state, request: gr.Request):
+        require_admin(state, request)
+        if not clips:
+            raise gr.Error("Choose one or more clips of the speaker.")
+        paths = [f if isinstance(f, str) else f.name for f in clips]
+        try:
+            sp = svc.speakers.enrol(name or "", paths, model, add=bool(add))
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(public_message(err))
+        return f"Enrolled **{html.escape(sp.name)}** with {sp.model} from {sp.n_clips} clip(s).", speaker_rows()
+
+    def do_identify(clip, model):
+        if not clip:
+            raise gr.Error("Record or upload a clip first.")
+        try:
+            res = svc.speakers.identify(clip, model)
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(public_message(err))
+        verdict = (f"**{html.escape(res.name)}**" if res.known else
+                   "**unknown** — no enrolled speaker is close enough")
+        text = (f"{verdict} (cosine similarity {res.score:.3f}; the threshold for {model} is {res.threshold:.3f})")
+        return text, [[n, round(sc, 4)] for n, sc in res.ranking]
+
+    def do_delete_speaker(name, model, state, request: gr.Request):
+        require_admin(state, request)
+        n = svc.speakers.delete(name or "", model or None)
+        if not n:
+            raise gr.Error(f"No enrolled speaker named {(name or '').strip()!r}.")
+        gr.Info(f"Deleted speaker {name.strip()}.")
+        return speaker_rows()
+
+    def duplicate_rows(model=None):
+        rows = []
+        for n, g in enumerate(svc.duplicate_groups(model or None), 1):
+            rows.append([n, g.model, g.original.id, g.original.original_name, "original", ""])
+            rows += [[n, g.model, c.id, c.original_name, f"copy of #{g.original.id}", round(sc, 3)]
+                     for c, sc in g.copies]
+        return rows
+
     def do_login(user, password, state):
         if access.check(user or "", password or ""):
             return {"admin": True}, "Logged in as admin: you can change the library.", ""
@@ -253,39 +396,49 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         return {"admin": False}, "Not logged in.", ""
 
     with gr.Blocks(title="Audio similarity search") as demo:
-        gr.Markdown("# 🔊 Audio similarity search\nRecord or upload a sound and find the most similar "
-                    "clips in the library — or the same speaker, with a speaker model.")
+        gr.Markdown("# Audio similarity search\nRecord or upload a sound and find the most similar "
+                    "clips in the library — or the same speaker, with a speaker model.", elem_id="page-intro")
         state = gr.State({"admin": not access.login_required})
         with gr.Tab("Search", id="search"):
             with gr.Row(equal_height=False):
-                with gr.Column(scale=1, min_width=300):
-                    query = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Query clip",
+                with gr.Column(scale=1, min_width=280):
+                    query = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Query clip",
                                      elem_id="query-audio")
                     model = gr.Dropdown(choices=choices, value=default_model, label="Model", elem_id="search-model")
                     k = gr.Slider(1, MAX_K, value=5, step=1, label="Top-k results")
+                    with gr.Accordion("Only clips with … (metadata filters)", open=False):
+                        f_label = gr.Textbox(label="Label", value="", elem_id="filter-label")
+                        f_speaker = gr.Textbox(label="Speaker", value="", elem_id="filter-speaker")
+                        f_source = gr.Textbox(label="Source", value="", elem_id="filter-source")
+                        f_tag = gr.Textbox(label="Tag", value="", elem_id="filter-tag")
                     go = gr.Button("Search", variant="primary", elem_id="search-button")
                     if examples:
-                        gr.Examples(examples=examples, inputs=[query], label="Example clips")
-                with gr.Column(scale=2, min_width=300):
+                        gr.Examples(examples=examples, inputs=[query], label="Example clips (ours, CC0)",
+                                    example_labels=[Path(e).stem.replace("_", " ") for e in examples],
+                                    elem_id="example-clips")
+                with gr.Column(scale=2, min_width=280):
                     status = gr.Markdown("Results appear here.", elem_id="search-status")
-                    with gr.Row():
-                        q_wave = gr.Image(label="Query waveform", height=100, interactive=False,
-                                          buttons=[], elem_id="query-waveform")
-                        q_spec = gr.Image(label="Query spectrogram", height=130, interactive=False,
-                                          buttons=[], elem_id="query-spectrogram")
+                    with gr.Row(equal_height=False, elem_id="query-pictures"):
+                        q_wave = gr.Image(label="Query waveform", show_label=False, interactive=False,
+                                          format="png", buttons=[], min_width=200, elem_id="query-waveform")
+                        q_spec = gr.Image(label="Query mel spectrogram", show_label=False, interactive=False,
+                                          format="jpeg", buttons=[], min_width=200, elem_id="query-spectrogram")
                     slots = []
+                    hit_player = gr.WaveformOptions(show_recording_waveform=False)  # the browser's own player
                     for i in range(MAX_K):
                         with gr.Group(visible=False, elem_classes=["hit-group"]) as grp:
-                            info = gr.HTML(elem_classes=["hit-info"])
-                            with gr.Row():
-                                player = gr.Audio(label=f"Result {i + 1}", interactive=False,
-                                                  elem_classes=["hit-audio"], show_label=False)
-                                wave = gr.Image(show_label=False, height=70, interactive=False,
-                                                buttons=[], elem_classes=["hit-wave"])
+                            info = gr.HTML(elem_classes=["hit-info"], padding=False)
+                            with gr.Row(equal_height=True, elem_classes=["hit-row"]):
+                                player = gr.Audio(label=f"Result {i + 1}", interactive=False, show_label=False,
+                                                  buttons=["download"], waveform_options=hit_player,
+                                                  min_width=220, elem_classes=["hit-audio"])
+                                wave = gr.Image(show_label=False, interactive=False, format="png", buttons=[],
+                                                min_width=200, elem_classes=["hit-wave"])
                         slots += [grp, player, info, wave]
                     with gr.Accordion("Results as data", open=False):
                         table = gr.JSON(label="hits")
-            go.click(do_search, [query, model, k], [q_wave, q_spec, status] + slots + [table], api_name="search")
+            go.click(do_search, [query, model, k, f_label, f_speaker, f_source, f_tag],
+                     [q_wave, q_spec, status] + slots + [table], api_name="search")
 
         with gr.Tab("Library", id="library"):
             counts = gr.Markdown(counts_md(), elem_id="library-counts")
@@ -335,6 +488,47 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
             del_btn.click(do_delete, [del_id, lib_model, browse_q, state], [counts, grid], api_name="delete")
             drop_btn.click(do_drop, [drop_model, confirm, state], [counts, grid, confirm], api_name="drop")
             gr.Button("Count", visible=False).click(counts_md, None, [counts], api_name="count")
+
+        with gr.Tab("Speakers", id="speakers"):
+            speaker_default = svc.settings.default_speaker_model
+            sp_model = gr.Dropdown(choices=choices, label="Speaker model", elem_id="speaker-model",
+                                   value=speaker_default if speaker_default in names else default_model)
+            with gr.Row(equal_height=False):
+                with gr.Column(min_width=280):
+                    gr.Markdown("### Enrol a speaker (admin)\nTheir voiceprint is the mean embedding of the clips.")
+                    sp_name = gr.Textbox(label="Name", elem_id="speaker-name")
+                    sp_clips = gr.File(file_count="multiple", label="Clips of this speaker",
+                                       file_types=["audio", ".m4a", ".flac", ".ogg", ".opus"], elem_id="speaker-clips")
+                    sp_add = gr.Checkbox(label="Add to the existing enrolment (instead of replacing it)")
+                    enrol_btn = gr.Button("Enrol", variant="primary", elem_id="enrol-button")
+                    enrol_status = gr.Markdown(elem_id="enrol-status")
+                with gr.Column(min_width=280):
+                    gr.Markdown("### Who is speaking?")
+                    id_clip = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip to identify",
+                                       elem_id="identify-audio")
+                    id_btn = gr.Button("Identify", variant="primary", elem_id="identify-button")
+                    id_result = gr.Markdown(elem_id="identify-result")
+                    id_table = gr.Dataframe(headers=["speaker", "similarity"], interactive=False,
+                                            elem_id="identify-ranking")
+            gr.Markdown("### Enrolled speakers")
+            sp_grid = gr.Dataframe(headers=["name", "model", "clips", "updated"], value=speaker_rows(),
+                                   interactive=False, elem_id="speakers-table")
+            with gr.Row():
+                sp_del_name = gr.Textbox(label="Speaker to delete (for the selected model)")
+                sp_del_btn = gr.Button("Delete speaker", variant="stop")
+            enrol_btn.click(do_enrol, [sp_name, sp_clips, sp_model, sp_add, state], [enrol_status, sp_grid],
+                            api_name="enrol_speaker")
+            id_btn.click(do_identify, [id_clip, sp_model], [id_result, id_table], api_name="identify_speaker")
+            sp_del_btn.click(do_delete_speaker, [sp_del_name, sp_model, state], [sp_grid], api_name="delete_speaker")
+            gr.Button("List speakers", visible=False).click(speaker_rows, None, [sp_grid], api_name="speakers")
+
+        with gr.Tab("Duplicates", id="duplicates"):
+            gr.Markdown("Clips marked at ingest as near-duplicates (same recording after a gain change, "
+                        "resampling, re-encoding, trimming or noise) of an earlier clip, grouped.")
+            dup_refresh = gr.Button("Refresh", elem_id="duplicates-refresh")
+            dup_grid = gr.Dataframe(headers=["group", "model", "clip id", "name", "role", "similarity"],
+                                    value=duplicate_rows(), interactive=False, elem_id="duplicates-table")
+            dup_refresh.click(duplicate_rows, None, [dup_grid], api_name="duplicates")
         demo.load(counts_md, None, [counts], api_name=False)
     return demo
 

@@ -8,6 +8,11 @@
     python -m search_core delete CLIP_ID [CLIP_ID ...]
     python -m search_core drop MODEL --yes
     python -m search_core recover
+    python -m search_core search FILE --label dog --tag outdoor     # metadata filters
+    python -m search_core duplicates [--model M] [--json]
+    python -m search_core enrol NAME FILE [FILE ...] [--model M] [--add]
+    python -m search_core identify FILE [FILE ...] [--model M] [--threshold T] [--json]
+    python -m search_core speakers [--model M] [--delete NAME]
     python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center]
 """
 from __future__ import annotations
@@ -74,7 +79,8 @@ def cmd_search(args) -> int:
     svc = _service()
     model = args.model or svc.settings.default_sound_model
     for file in args.files:
-        res = svc.search(file, model, args.k)
+        filters = {"label": args.label, "speaker": args.speaker, "source": args.source, "tag": args.tag}
+        res = svc.search(file, model, args.k, filters=filters)
         if args.json:  # one JSON line per query
             print(json.dumps({"query": file, "model": model, "hits": [
                 {"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
@@ -152,6 +158,62 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_duplicates(args) -> int:
+    svc = _service()
+    groups = svc.duplicate_groups(args.model)
+    if args.json:
+        print(json.dumps([{"model": g.model, "original": {"clip_id": g.original.id, "name": g.original.original_name},
+                           "copies": [{"clip_id": c.id, "name": c.original_name, "score": round(sc, 4)}
+                                      for c, sc in g.copies]} for g in groups]))
+        return 0
+    if not groups:
+        print("no near-duplicates marked")
+    for g in groups:
+        print(f"{g.model}: #{g.original.id} {g.original.original_name} ({g.size} clips)")
+        for c, sc in g.copies:
+            print(f"    #{c.id} {c.original_name}  similarity {sc:.3f}")
+    return 0
+
+
+def _speaker_model(svc, args) -> str:
+    return args.model or svc.settings.default_speaker_model
+
+
+def cmd_enrol(args) -> int:
+    svc = _service()
+    sp = svc.speakers.enrol(args.name, args.files, _speaker_model(svc, args), add=args.add)
+    print(f"enrolled {sp.name} with {sp.model} from {sp.n_clips} clip(s)")
+    return 0
+
+
+def cmd_identify(args) -> int:
+    svc = _service()
+    model = _speaker_model(svc, args)
+    for file in args.files:
+        res = svc.speakers.identify(file, model, threshold=args.threshold)
+        if args.json:
+            print(json.dumps({"query": file, "model": model, "speaker": res.name, "score": round(res.score, 4),
+                              "threshold": res.threshold,
+                              "ranking": [{"name": n, "score": round(sc, 4)} for n, sc in res.ranking]}))
+        else:
+            print(f"{file}: {res.name} (similarity {res.score:.3f}, threshold {res.threshold:.3f}, {model})")
+    return 0
+
+
+def cmd_speakers(args) -> int:
+    svc = _service()
+    if args.delete:
+        n = svc.speakers.delete(args.delete, args.model)
+        if not n:
+            print(f"no enrolled speaker {args.delete!r}", file=sys.stderr)
+            return 1
+        print(f"deleted {args.delete} ({n} voiceprint(s))")
+        return 0
+    for sp in svc.speakers.list(args.model):
+        print(f"{sp.name}\t{sp.model}\t{sp.n_clips} clips\t{sp.updated_at:%Y-%m-%d %H:%M}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m search_core", description="Audio similarity search engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -167,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true")
+    for field in ("label", "speaker", "source", "tag"):
+        s.add_argument(f"--{field}", help=f"only clips whose {field} is this (case-insensitive)"
+                       if field != "tag" else "only clips with this tag (case-insensitive)")
     s.set_defaults(fn=cmd_search)
     s = sub.add_parser("count", help="clips per model")
     s.add_argument("--model")
@@ -184,6 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true")
     s.set_defaults(fn=cmd_drop)
     sub.add_parser("recover", help="repair interrupted writes, report consistency").set_defaults(fn=cmd_recover)
+    s = sub.add_parser("duplicates", help="list groups of near-duplicate clips (marked at ingest)")
+    s.add_argument("--model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_duplicates)
+    s = sub.add_parser("enrol", help="enrol a speaker from one or more clips (their mean voiceprint)")
+    s.add_argument("name")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--model", help="speaker model (default: DEFAULT_SPEAKER_MODEL)")
+    s.add_argument("--add", action="store_true", help="add the clips to an existing enrolment instead of replacing it")
+    s.set_defaults(fn=cmd_enrol)
+    s = sub.add_parser("identify", help="which enrolled speaker is speaking in each FILE (or unknown)")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--model", help="speaker model (default: DEFAULT_SPEAKER_MODEL)")
+    s.add_argument("--threshold", type=float, help="cosine similarity needed (default: the model's calibrated one)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_identify)
+    s = sub.add_parser("speakers", help="list enrolled speakers (or delete one with --delete NAME)")
+    s.add_argument("--model")
+    s.add_argument("--delete", metavar="NAME")
+    s.set_defaults(fn=cmd_speakers)
     s = sub.add_parser("eval", help="retrieval quality of a model on a labelled manifest (P@k, mAP@k, R@1)",
                        description="Index every clip of MANIFEST (in a temporary DATA_DIR unless --data-dir), "
                                    "query with each clip, report P@k, mAP@k, R@1 and the ANN recall@k. "

@@ -60,6 +60,57 @@ vectors = sa.Table(
     mysql_charset="utf8mb4",
 )
 
+# One row per clip that ingest found to be a near-duplicate of an earlier clip, per model
+# (the models disagree on what is "near"). Rows go with either clip (ON DELETE CASCADE).
+near_duplicates = sa.Table(
+    "near_duplicates", _meta,
+    sa.Column("clip_id", _BigId, sa.ForeignKey("clips.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("of_clip_id", _BigId, sa.ForeignKey("clips.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_near_duplicates_of", "of_clip_id"),
+    mysql_charset="utf8mb4",
+)
+
+# Enrolled speakers: the L2-normalised mean embedding of their enrolment clips, per model.
+speakers = sa.Table(
+    "speakers", _meta,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("embedding", sa.Text, nullable=False),  # JSON list of floats
+    sa.Column("n_clips", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("name", "model", name="uq_speakers_name_model"),
+    mysql_charset="utf8mb4",
+)
+
+#: Metadata fields search can be restricted by (``tag`` matches one of a clip's tags).
+FILTER_FIELDS = ("label", "speaker", "source", "tag")
+
+
+def filter_conditions(filters: dict | None) -> list:
+    """SQL conditions on ``clips`` for ``{"label": .., "speaker": .., "source": .., "tag": ..}``.
+
+    Matching is exact but case-insensitive; empty values are ignored; unknown keys are an error.
+    """
+    conds = []
+    for key, value in (filters or {}).items():
+        if key not in FILTER_FIELDS:
+            raise ValueError(f"unknown filter {key!r}; use one of: {', '.join(FILTER_FIELDS)}")
+        if value is None or not str(value).strip():
+            continue
+        value = str(value).strip().lower()
+        if key == "tag":
+            # tags are a JSON list: match the quoted, JSON-escaped tag as a whole element
+            needle = json.dumps(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conds.append(sa.func.lower(clips.c.tags).like(f"%{needle}%", escape="\\"))
+        else:
+            conds.append(sa.func.lower(clips.c[key]) == value)
+    return conds
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -241,18 +292,20 @@ class MetadataStore:
         return ClipRow.from_row(r)
 
     # -- reads ---------------------------------------------------------------------------
-    def ready_refs(self, vector_ids: Sequence[int]) -> dict[int, VectorRef]:
-        """Join ready vector rows with their clips; ids that are not ready are left out."""
+    def ready_refs(self, vector_ids: Sequence[int], filters: dict | None = None) -> dict[int, VectorRef]:
+        """Join ready vector rows with their clips; ids that are not ready (or whose clip does
+        not match ``filters``, see :func:`filter_conditions`) are left out."""
         ids = [int(i) for i in vector_ids]
         out: dict[int, VectorRef] = {}
         if not ids:
             return out
+        conds = filter_conditions(filters)
         with self.engine.connect() as c:
             for chunk in _chunks(ids):
                 q = (sa.select(vectors.c.id.label("vid"), vectors.c.model, vectors.c.seg, vectors.c.start_s,
                                vectors.c.end_s, clips)
                      .join(clips, clips.c.id == vectors.c.clip_id)
-                     .where(vectors.c.id.in_(chunk), vectors.c.status == READY))
+                     .where(vectors.c.id.in_(chunk), vectors.c.status == READY, *conds))
                 for r in c.execute(q):
                     m = r._mapping
                     out[int(m["vid"])] = VectorRef(int(m["vid"]), m["model"], int(m["seg"]),
@@ -286,9 +339,8 @@ class MetadataStore:
         cond = [vectors.c.status == READY] + ([vectors.c.model == model] if model else [])
         has = sa.exists().where(vectors.c.clip_id == clips.c.id, *cond)
         q = sa.select(clips).where(has)
-        if query:
-            like = f"%{query.lower()}%"
-            q = q.where(sa.or_(*[sa.func.lower(col).like(like) for col in
+        if query:  # a literal substring: '%' and '_' in the text match only themselves
+            q = q.where(sa.or_(*[sa.func.lower(col).contains(query.lower(), autoescape=True) for col in
                                  (clips.c.original_name, clips.c.label, clips.c.speaker, clips.c.source)]))
         q = q.order_by(clips.c.id.desc()).offset(max(0, int(offset))).limit(max(1, int(limit)))
         with self.engine.connect() as c:
@@ -339,6 +391,83 @@ class MetadataStore:
     def stored_names(self) -> set[str]:
         with self.engine.connect() as c:
             return {r[0] for r in c.execute(sa.select(clips.c.stored_name))}
+
+    # -- metadata filters ----------------------------------------------------------------
+    def filtered_vector_ids(self, model: str, filters: dict | None, limit: int | None = None) -> list[int]:
+        """Ids of ``model``'s ready vectors whose clip matches ``filters`` (see :func:`filter_conditions`).
+
+        With ``limit``, at most ``limit + 1`` ids are returned (enough to tell "more than limit").
+        """
+        q = (sa.select(vectors.c.id).join(clips, clips.c.id == vectors.c.clip_id)
+             .where(vectors.c.model == model, vectors.c.status == READY, *filter_conditions(filters)))
+        if limit is not None:
+            q = q.limit(int(limit) + 1)
+        with self.engine.connect() as c:
+            return [int(r[0]) for r in c.execute(q)]
+
+    # -- near-duplicates -----------------------------------------------------------------
+    def mark_near_duplicate(self, clip_id: int, model: str, of_clip_id: int, score: float) -> None:
+        """Record that ``clip_id`` is a near-duplicate of ``of_clip_id`` under ``model`` (replaces)."""
+        with self.engine.begin() as c:
+            c.execute(near_duplicates.delete().where(near_duplicates.c.clip_id == int(clip_id),
+                                                     near_duplicates.c.model == model))
+            c.execute(near_duplicates.insert().values(clip_id=int(clip_id), model=model, of_clip_id=int(of_clip_id),
+                                                      score=float(score), created_at=utcnow()))
+
+    def near_duplicate_pairs(self, model: str | None = None) -> list[tuple[int, int, str, float]]:
+        """``(clip_id, of_clip_id, model, score)`` of every mark (for ``model`` if given)."""
+        q = sa.select(near_duplicates.c.clip_id, near_duplicates.c.of_clip_id, near_duplicates.c.model,
+                      near_duplicates.c.score)
+        if model:
+            q = q.where(near_duplicates.c.model == model)
+        with self.engine.connect() as c:
+            return [(int(a), int(b), m, float(sc)) for a, b, m, sc in c.execute(q.order_by(near_duplicates.c.clip_id))]
+
+    def delete_near_duplicates(self, model: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(near_duplicates.delete().where(near_duplicates.c.model == model))
+
+    def clips_by_id(self, ids: Sequence[int]) -> dict[int, ClipRow]:
+        out: dict[int, ClipRow] = {}
+        with self.engine.connect() as c:
+            for chunk in _chunks([int(i) for i in ids]):
+                for r in c.execute(sa.select(clips).where(clips.c.id.in_(chunk))):
+                    out[int(r._mapping["id"])] = ClipRow.from_row(r)
+        return out
+
+    # -- speakers ------------------------------------------------------------------------
+    def save_speaker(self, name: str, model: str, embedding: Sequence[float], n_clips: int) -> None:
+        """Insert or replace the enrolled speaker ``name`` for ``model``."""
+        now = utcnow()
+        data = json.dumps([round(float(x), 7) for x in embedding])
+        with self.engine.begin() as c:
+            r = c.execute(sa.select(speakers.c.id, speakers.c.created_at).where(
+                speakers.c.name == name, speakers.c.model == model)).first()
+            if r is None:
+                c.execute(speakers.insert().values(name=name, model=model, embedding=data, n_clips=int(n_clips),
+                                                   created_at=now, updated_at=now))
+            else:
+                c.execute(speakers.update().where(speakers.c.id == r[0]).values(
+                    embedding=data, n_clips=int(n_clips), updated_at=now))
+
+    def speaker_rows(self, model: str | None = None, name: str | None = None) -> list[dict]:
+        """Enrolled speakers as dicts (name, model, embedding list, n_clips, created_at, updated_at)."""
+        q = sa.select(speakers)
+        if model:
+            q = q.where(speakers.c.model == model)
+        if name is not None:
+            q = q.where(speakers.c.name == name)
+        with self.engine.connect() as c:
+            rows = [dict(r._mapping) for r in c.execute(q.order_by(speakers.c.name, speakers.c.model))]
+        for r in rows:
+            r["embedding"] = json.loads(r["embedding"])
+        return rows
+
+    def delete_speaker(self, name: str, model: str | None = None) -> int:
+        """Delete an enrolled speaker (for ``model``, or for every model); returns rows deleted."""
+        cond = [speakers.c.name == name] + ([speakers.c.model == model] if model else [])
+        with self.engine.begin() as c:
+            return int(c.execute(speakers.delete().where(*cond)).rowcount or 0)
 
 
 def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:

@@ -35,13 +35,21 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import audio as audio_mod
+from . import duplicates
 from .audio import AudioError
 from .config import Settings, get_settings
-from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip
+from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, filter_conditions
 from .models import EmbeddingModel, get_model, model_names
+from .speakers import SpeakerRegistry
 from .vectors import VectorStore, collection_name
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, current name)
+
+#: A metadata filter matching at most this many vectors is pushed into Milvus as ``id in [...]``;
+#: a broader one is applied in the SQL join to over-fetched hits (benchmarks/filter_bench.py).
+FILTER_IDS_MAX = 20_000
+#: Milvus' largest top-k.
+MAX_FETCH = 16_384
 
 _TMP_PREFIX = ".tmp-"
 
@@ -54,6 +62,8 @@ class IngestItem:
     status: str
     clip_id: int | None = None
     message: str = ""
+    duplicate_of: int | None = None   # an added clip that is a near-duplicate of this clip id
+    duplicate_score: float | None = None
 
 
 @dataclass
@@ -74,9 +84,15 @@ class IngestReport:
     def errors(self) -> list[IngestItem]:
         return [i for i in self.items if i.status == "error"]
 
+    @property
+    def near_duplicates(self) -> list[IngestItem]:
+        return [i for i in self.items if i.duplicate_of is not None]
+
     def summary(self) -> str:
         text = (f"{len(self.added)} added, {len(self.existing)} already in the library, "
                 f"{len(self.errors)} rejected ({self.model}, {self.seconds:.1f} s)")
+        if self.near_duplicates:
+            text += f"; {len(self.near_duplicates)} marked as near-duplicates of earlier clips"
         return text
 
 
@@ -154,6 +170,7 @@ class LibraryService:
         self.meta = MetadataStore(s.database_url)
         self.vectors = VectorStore(s.milvus_uri, s.index_type)
         self._write_lock = threading.RLock()
+        self.speakers = SpeakerRegistry(self)  # enrol / identify / list / delete voiceprints
         if recover:
             self.recover()
 
@@ -204,9 +221,16 @@ class LibraryService:
         total = len(paths)
         done = 0
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            def submit(start: int) -> list:
+                return [pool.submit(self._prepare, paths[i], names[i], m)
+                        for i in range(start, min(start + batch_size, total))]
+
+            ahead = submit(0) if total else []
             for start in range(0, total, batch_size):
                 idx = range(start, min(start + batch_size, total))
-                prepared = list(pool.map(lambda i: self._prepare(paths[i], names[i], m), idx))
+                prepared = [f.result() for f in ahead]
+                # decode the next batch while this one is embedded and written
+                ahead = submit(start + batch_size) if start + batch_size < total else []
                 items = self._index_batch(prepared, [metadata[i] for i in idx], m)
                 report.items.extend(items)
                 done += len(items)
@@ -243,7 +267,7 @@ class LibraryService:
                 continue
             seen.add(p["sha"])
             a = p["audio"]
-            bounds = audio_mod.segment_bounds(len(a.samples), a.sample_rate, m.info.window_s, m.info.hop_s)
+            bounds = audio_mod.segment_bounds(len(a.samples), a.sample_rate, *segment_params(m.info))
             todo.append((pos, p, bounds))
         if todo:
             waves = [p["audio"].samples[s:e] for _, p, bounds in todo for s, e in bounds]
@@ -255,6 +279,8 @@ class LibraryService:
                 try:
                     clip_id = self._write_clip(p, metadata[pos], model, bounds, vecs)
                     items[pos] = IngestItem(p["name"], "added" if clip_id else "exists", clip_id or None)
+                    if clip_id:
+                        self._mark_near_duplicate(items[pos], model, vecs, p["audio"])
                 except AudioError as err:
                     items[pos] = IngestItem(p["name"], "error", message=str(err))
         return [i for i in items if i is not None]
@@ -300,6 +326,28 @@ class LibraryService:
             self.recover(sweep_vectors=False)
         except Exception:
             pass
+
+    def _mark_near_duplicate(self, item: IngestItem, model: str, vecs: np.ndarray, a: audio_mod.Audio) -> None:
+        """Mark a just-added clip as a near-duplicate of its best match if that reaches the threshold
+        (see :mod:`search_core.duplicates`). ``NEAR_DUPLICATE_CHECK=0`` turns the check off."""
+        if os.environ.get("NEAR_DUPLICATE_CHECK", "1").strip().lower() in {"0", "false", "no", "off"}:
+            return
+        match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, exclude_clip=item.clip_id)
+        if match is not None and match.score >= duplicates.threshold_for(model):
+            self.meta.mark_near_duplicate(item.clip_id, model, match.clip.id, match.score)
+            item.duplicate_of, item.duplicate_score = match.clip.id, match.score
+
+    def duplicate_groups(self, model: str | None = None) -> list[duplicates.DuplicateGroup]:
+        """Groups of near-duplicate clips (marked at ingest), largest first, per model."""
+        pairs = self.meta.near_duplicate_pairs(model)
+        clips = self.meta.clips_by_id({i for a, b, _, _ in pairs for i in (a, b)})
+        out = []
+        for m, groups in duplicates.group_pairs(pairs).items():
+            for root, members in groups:
+                if root in clips:
+                    out.append(duplicates.DuplicateGroup(m, clips[root], [(clips[c], sc) for c, sc in members
+                                                                          if c in clips]))
+        return sorted(out, key=lambda g: (-g.size, g.model, g.original.id))
 
     def _store_file(self, src: Path, sha: str, name: str, stored: str | None = None) -> str:
         """Copy ``src`` into the library as ``stored`` or ``<sha><ext>`` (atomic; a no-op when present)."""
@@ -393,41 +441,65 @@ class LibraryService:
                                max_duration_s=s.max_duration_s)
         return a, m.embed([a.samples])[0]
 
-    def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10) -> SearchResult:
+    def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
+               filters: dict | None = None) -> SearchResult:
         """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first.
 
         Long recordings are indexed as segments; hits from one file are grouped into one result
-        (its best segment first, the others in ``Hit.segments``).
+        (its best segment first, the others in ``Hit.segments``). ``filters`` restricts the
+        search to clips whose ``label``/``speaker``/``source`` equals, or whose tags contain
+        (``tag``), the given value (case-insensitive; empty values are ignored).
         """
         if not 1 <= int(k) <= 1000:
             raise ValueError(f"top-k must be between 1 and 1000, got {k}")
+        filter_conditions(filters)  # unknown filter keys fail before the query is embedded
         t0 = time.perf_counter()
         a, vec = self.embed_query(query, model)
         t1 = time.perf_counter()
-        hits = self.search_vector(vec, model, k)
+        hits = self.search_vector(vec, model, k, filters=filters)
         t2 = time.perf_counter()
         return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0})
 
-    def search_vector(self, vec: np.ndarray, model: str, k: int = 10) -> list[Hit]:
-        """Search with an embedding; joins ready metadata rows and groups segments by clip."""
+    def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
+                      exclude_clip: int | None = None) -> list[Hit]:
+        """Search with an embedding; joins ready metadata rows and groups segments by clip.
+
+        With ``filters``, SQL resolves which vectors may match. A selective filter (at most
+        :data:`FILTER_IDS_MAX` vectors) is pushed into Milvus as ``id in [...]``, so the
+        search is exact over the subset; a broad one is applied to over-fetched hits in the
+        SQL join (the filtered-out share is small, so few hits are lost to it). See
+        ``benchmarks/filter_bench.py`` for why this beats a Milvus scalar filter here.
+        """
+        filters = {key: v for key, v in (filters or {}).items() if v is not None and str(v).strip()}
+        filter_conditions(filters)
+        allowed: list[int] | None = None
+        post_filters: dict | None = None
+        if filters:
+            allowed = self.meta.filtered_vector_ids(model, filters, limit=FILTER_IDS_MAX)
+            if not allowed:
+                return []
+            if len(allowed) > FILTER_IDS_MAX:
+                allowed, post_filters = None, filters
         fetch = int(k) * 3 + 10
         grouped: dict[int, Hit] = {}
-        for _attempt in range(3):
-            raw = self.vectors.search(model, vec[None, :], fetch)[0]
-            refs = self.meta.ready_refs([h.id for h in raw])
+        for _attempt in range(6 if post_filters else 3):
+            raw = self.vectors.search(model, vec[None, :], fetch, filter_ids=allowed)[0]
+            refs = self.meta.ready_refs([h.id for h in raw], post_filters)
             grouped = {}
             for h in raw:
                 ref = refs.get(h.id)
                 if ref is None:
                     continue  # not ready (being written or deleted): never shown
                 cid = ref.clip.id
+                if cid == exclude_clip:
+                    continue
                 if cid not in grouped:
                     grouped[cid] = Hit(0, ref.clip, h.id, h.score, ref.start_s, ref.end_s,
                                        self.library_dir / ref.clip.stored_name)
                 grouped[cid].segments.append((ref.start_s, ref.end_s, h.score))
-            if len(grouped) >= k or len(raw) < fetch:
+            if len(grouped) >= k or len(raw) < fetch or fetch >= MAX_FETCH:
                 break
-            fetch *= 4
+            fetch = min(fetch * 4, MAX_FETCH)
         hits = sorted(grouped.values(), key=lambda h: -h.score)[:k]
         for r, h in enumerate(hits, 1):
             h.rank = r
@@ -472,6 +544,7 @@ class LibraryService:
         with self._write_lock:
             ids = self.meta.mark_model_deleting(model)
             try:
+                self.meta.delete_near_duplicates(model)
                 self.vectors.drop(model)
                 self.meta.delete_vector_rows(ids)
                 for clip in self.meta.delete_clips_without_vectors():
@@ -553,6 +626,34 @@ class LibraryService:
         out["files_without_rows"] = len(files - known)
         out["rows_without_files"] = len(known - files)
         return out
+
+
+def segment_params(info, env: dict | None = None) -> tuple[float, float]:
+    """``(window_s, hop_s)`` for cutting long recordings for the model described by ``info``.
+
+    Defaults come from the model (``ModelInfo.window_s``/``hop_s``). The environment overrides
+    them for every model (``SEGMENT_WINDOW_S``, ``SEGMENT_HOP_S``) or for one
+    (``SEGMENT_WINDOW_S_<MODEL>``, e.g. ``SEGMENT_WINDOW_S_MFCC_STATS``); the per-model value wins.
+    """
+    env = os.environ if env is None else env
+    out = []
+    for var, default in (("SEGMENT_WINDOW_S", info.window_s), ("SEGMENT_HOP_S", info.hop_s)):
+        value = default
+        for key in (var, f"{var}_{info.name.upper()}"):
+            raw = str(env.get(key, "")).strip()
+            if raw:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    raise ValueError(f"environment variable {key}={raw!r} is not a number") from None
+                if not 0 < value <= 3600:
+                    raise ValueError(f"environment variable {key}={raw!r} must be between 0 and 3600 seconds")
+        out.append(value)
+    window, hop = out
+    if hop > window:
+        raise ValueError(f"segment hop ({hop} s) is longer than the window ({window} s) for {info.name}: "
+                         "parts of long recordings would not be indexed")
+    return window, hop
 
 
 def read_manifest(manifest: str | os.PathLike) -> list[tuple[Path, dict]]:
