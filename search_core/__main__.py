@@ -152,7 +152,7 @@ def cmd_eval(args) -> int:
         bar.refresh()
 
     res = evaluate_manifest(args.manifest, model, rules, k=args.k, data_dir=args.data_dir,
-                            with_centered=args.center, limit=args.limit, progress=progress)
+                            with_centered=args.center, limit=args.limit, every=args.every, progress=progress)
     bar.close()
     print(json.dumps(res.to_dict()) if args.json else res.summary())
     return 0
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--center", action="store_true", help="also report exact search after subtracting the mean")
     s.add_argument("--data-dir", help="keep the stores here instead of a temporary folder")
     s.add_argument("--limit", type=int, help="use only the first N rows")
+    s.add_argument("--every", type=int, default=1, help="use every N-th row (a deterministic subset)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_eval)

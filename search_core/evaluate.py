@@ -241,7 +241,7 @@ def temporary_settings(data_dir: str | os.PathLike, base: Settings | None = None
 
 def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, k: int = 10,
                       settings: Settings | None = None, data_dir: str | os.PathLike | None = None,
-                      with_centered: bool = False, limit: int | None = None,
+                      with_centered: bool = False, limit: int | None = None, every: int = 1,
                       progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
     """Index every clip of ``manifest`` with the product's ingest path, query with each one.
 
@@ -249,14 +249,18 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
     figures go through :meth:`LibraryService.search_vector` (Milvus search, metadata join,
     segment grouping); a clip's query vector is its stored vector when it has one segment
     (what :meth:`LibraryService.embed_query` computes for the whole clip), else the whole clip
-    is embedded as a query would be.
+    is embedded as a query would be. ``every``/``limit`` evaluate every n-th row / the first
+    rows only (a deterministic subset).
     """
     from .service import LibraryService, clean_name
 
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     manifest = Path(manifest)
-    rows = read_table(manifest)[:limit] if limit else read_table(manifest)
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    rows = read_table(manifest)[::every]
+    rows = rows[:limit] if limit else rows
     for col in [rules.relevant] + ([rules.group] if rules.group else []) + list(rules.drop_equal):
         if rows and col not in rows[0]:
             raise ValueError(f"{manifest.name}: no column {col!r} (columns: {', '.join(rows[0])})")

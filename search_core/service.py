@@ -3,10 +3,10 @@
 Write order (so that no fault leaves a vector without its row, or a row without its vector,
 and search never shows a half-written clip)::
 
-    ingest:  copy file into the library (temp name, then atomic rename)
-             -> one transaction: clip row (if new) + vector rows, status 'pending'
-             -> Milvus upsert with those ids
-             -> one transaction: status 'ready'            (search shows only 'ready')
+    ingest:  per clip of a batch: copy file into the library (temp name, then atomic rename)
+               -> one transaction: clip row (if new) + vector rows, status 'pending'
+             -> one Milvus upsert with the batch's ids
+             -> one transaction: the batch's rows 'ready'   (search shows only 'ready')
     delete:  one transaction: status 'deleting'          (hidden from search at once)
              -> Milvus delete -> one transaction: delete rows -> remove the file
 
@@ -272,50 +272,65 @@ class LibraryService:
         if todo:
             waves = [p["audio"].samples[s:e] for _, p, bounds in todo for s, e in bounds]
             emb = m.embed(waves)
-            offset = 0
+            entries, offset = [], 0
             for pos, p, bounds in todo:
-                vecs = emb[offset:offset + len(bounds)]
+                entries.append((pos, p, bounds, emb[offset:offset + len(bounds)]))
                 offset += len(bounds)
-                try:
-                    clip_id = self._write_clip(p, metadata[pos], model, bounds, vecs)
-                    items[pos] = IngestItem(p["name"], "added" if clip_id else "exists", clip_id or None)
-                    if clip_id:
-                        self._mark_near_duplicate(items[pos], model, vecs, p["audio"])
-                except AudioError as err:
-                    items[pos] = IngestItem(p["name"], "error", message=str(err))
+            for pos, item, vecs, a in self._write_batch(entries, metadata, model):
+                items[pos] = item
+                if item.status == "added":
+                    self._mark_near_duplicate(item, model, vecs, a)
         return [i for i in items if i is not None]
 
-    def _write_clip(self, p: dict, meta: dict, model: str, bounds, vecs: np.ndarray) -> int:
-        """Copy, row(s) pending, vectors, ready — under the write lock."""
-        a: audio_mod.Audio = p["audio"]
-        rate = a.sample_rate
-        segments = [(s / rate, e / rate) for s, e in bounds]
+    def _write_batch(self, entries: list, metadata: list[dict], model: str) -> list:
+        """Write a batch of embedded clips in the documented order, under the write lock.
+
+        Per clip: copy the file, then one transaction for its clip row and ``pending`` vector
+        rows. Then, for the whole batch, one Milvus upsert and one transaction marking the rows
+        ``ready`` (a per-clip upsert and status commit cost more than the embedding of a small
+        model; benchmarks/bench_ingest.py). A failure rolls the unfinished clips back (here, or
+        by start-up recovery); clips of earlier batches stay. Returns ``(position, item,
+        vectors, audio)`` per entry.
+        """
+        out, begun = [], []  # begun: (position, name, clip_id, vector ids, vectors, audio)
         with self._write_lock:
             try:
-                # the same content may already be stored (for another model, under another
-                # extension): reuse that file so no second, orphaned copy is made
-                known = self.meta.clip_by_sha(p["sha"])
-                stored = self._store_file(p["path"], p["sha"], p["name"],
-                                          known.stored_name if known else None)
-                self._fault("before_rows")
-                new = NewClip(sha256=p["sha"], stored_name=stored, original_name=p["name"],
-                              duration_s=round(a.duration_s, 3), sample_rate=a.source_rate,
-                              channels=a.source_channels, label=clean_text(meta.get("label")),
-                              speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
-                              tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
-                began = self.meta.begin_ingest(new, model, segments)
-                if began is None:
-                    return 0
-                clip_id, ids = began
-                self._fault("after_rows")
-                self.vectors.upsert(model, ids, vecs)
-                self._fault("after_vectors")
-                self.meta.set_status(ids, READY)
-                self._fault("after_ready")
+                for pos, p, bounds, vecs in entries:
+                    a: audio_mod.Audio = p["audio"]
+                    meta = metadata[pos]
+                    try:
+                        # the same content may already be stored (for another model, under another
+                        # extension): reuse that file so no second, orphaned copy is made
+                        known = self.meta.clip_by_sha(p["sha"])
+                        stored = self._store_file(p["path"], p["sha"], p["name"],
+                                                  known.stored_name if known else None)
+                    except AudioError as err:
+                        out.append((pos, IngestItem(p["name"], "error", message=str(err)), vecs, a))
+                        continue
+                    self._fault("before_rows")
+                    new = NewClip(sha256=p["sha"], stored_name=stored, original_name=p["name"],
+                                  duration_s=round(a.duration_s, 3), sample_rate=a.source_rate,
+                                  channels=a.source_channels, label=clean_text(meta.get("label")),
+                                  speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
+                                  tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
+                    segments = [(s / a.sample_rate, e / a.sample_rate) for s, e in bounds]
+                    began = self.meta.begin_ingest(new, model, segments)
+                    if began is None:
+                        out.append((pos, IngestItem(p["name"], "exists", None), vecs, a))
+                        continue
+                    begun.append((pos, p["name"], began[0], began[1], vecs, a))
+                if begun:
+                    self._fault("after_rows")
+                    ids = [i for b in begun for i in b[3]]
+                    self.vectors.upsert(model, ids, np.concatenate([b[4] for b in begun]))
+                    self._fault("after_vectors")
+                    self.meta.set_status(ids, READY)
+                    self._fault("after_ready")
             except BaseException:
                 self._recover_after_error()
                 raise
-            return clip_id
+        out += [(pos, IngestItem(name, "added", cid), vecs, a) for pos, name, cid, _ids, vecs, a in begun]
+        return sorted(out, key=lambda t: t[0])
 
     def _recover_after_error(self) -> None:
         """Best effort, right after a failed write: finish or roll back what it left behind.
