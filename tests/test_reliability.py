@@ -268,20 +268,21 @@ def test_kill_9_at_random_moments_then_rerun_completes_exactly(tmp_path):
             proc.send_signal(signal.SIGKILL)
         proc.communicate()
         assert killed or threshold == 0, f"seed {seed}: import finished before the kill"
-        rerun = _cli(data, "ingest", str(folder), "--model", MODEL, "--quiet")
-        out, err = rerun.communicate(timeout=300)
-        assert rerun.returncode == 0, err
-        assert f"library: {n} clips for {MODEL}" in out, (seed, out)
+        # the rerun: start-up recovery, then the same folder import (in this process: no second
+        # interpreter start-up; the code path is the CLI's)
         svc = LibraryService(replace(make_settings(tmp_path), data_dir=data, milvus_uri=str(data / "milvus.db"),
-                                     database_url=f"sqlite:///{data / 'metadata.sqlite'}", library_dir=lib),
-                             recover=False)
+                                     database_url=f"sqlite:///{data / 'metadata.sqlite'}", library_dir=lib))
         try:
+            assert svc.check() == zeros(svc), seed  # recovery alone leaves no orphan
+            done_before = svc.count(MODEL)
+            rep = svc.ingest_folder(folder, MODEL)
+            assert not rep.errors and len(rep.added) == n - done_before, (seed, rep.summary())
             assert_exact(svc, {f"s{i:02d}.wav" for i in range(n)})
         finally:
             svc.close()
 
 
-# -- the MariaDB server restarted under a running service -------------------------------------
+# -- the MariaDB server restarted under a running app -----------------------------------------
 
 def _mariadb_up(timeout: float = 60) -> bool:
     deadline = time.time() + timeout
@@ -322,25 +323,39 @@ def own_mysql_url():
         admin.dispose()
 
 
-def test_mysql_restart_under_a_running_service(tmp_path, own_mysql_url):
+def _restart_mariadb() -> None:
+    try:
+        subprocess.run(["mariadb-admin", "-uroot", "shutdown"], check=True, capture_output=True)
+        deadline = time.time() + 30
+        while subprocess.run(["mariadb-admin", "-uroot", "ping"], capture_output=True).returncode == 0:
+            assert time.time() < deadline, "MariaDB did not stop"
+            time.sleep(0.2)
+    finally:
+        _start_mariadb()  # always leave the server running: other tests need it
+
+
+def test_mysql_restart_under_a_running_app(tmp_path, own_mysql_url):
+    """The launched app on MariaDB: the server restarts between two requests; the next ones work."""
+    from gradio_client import Client, handle_file
+
+    from apphelpers import running_app
+
     if shutil.which("mariadb-admin") is None:
         pytest.fail("mariadb-admin is needed to restart the server")
-    svc = LibraryService(make_settings(tmp_path, own_mysql_url))
     paths = [write_wav(tmp_path / f"c{i}.wav", sound(i)) for i in range(3)]
+    data = tmp_path / "data"
+    with running_app(data, env={"DATABASE_URL": own_mysql_url}) as url:
+        client = Client(url, verbose=False)
+        assert "2 added" in client.predict([handle_file(str(p)) for p in paths[:2]], MODEL, "", "", "",
+                                           api_name="/ingest")[0]
+        _restart_mariadb()
+        # the pooled connections died with the old server: the very next requests must just work
+        hits = client.predict(query_path=handle_file(str(paths[0])), model=MODEL, k=2, api_name="/search")[-1]
+        assert hits[0]["name"] == "c0.wav"
+        assert f"**{MODEL}**: 2" in client.predict(api_name="/count")
+        assert "1 added" in client.predict([handle_file(str(paths[2]))], MODEL, "", "", "", api_name="/ingest")[0]
+    svc = LibraryService(make_settings(tmp_path, own_mysql_url), recover=False)
     try:
-        svc.ingest_files(paths[:2], MODEL)
-        try:
-            subprocess.run(["mariadb-admin", "-uroot", "shutdown"], check=True, capture_output=True)
-            deadline = time.time() + 30
-            while subprocess.run(["mariadb-admin", "-uroot", "ping"], capture_output=True).returncode == 0:
-                assert time.time() < deadline, "MariaDB did not stop"
-                time.sleep(0.2)
-        finally:
-            _start_mariadb()  # always leave the server running: other tests need it
-        # the pooled connections died with the old server: the next requests must just work
-        assert svc.search(paths[0], MODEL, k=2).hits[0].clip.original_name == "c0.wav"
-        assert svc.count(MODEL) == 2
-        assert svc.ingest_files([paths[2]], MODEL).added
         assert_exact(svc, {"c0.wav", "c1.wav", "c2.wav"})
     finally:
         svc.close()
