@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -125,7 +126,7 @@ def guarded_app(tmp_path_factory):
     data = root / "data"
     data.mkdir()
     (data / "secret.txt").write_text("TOP-SECRET-DATA-DIR\n")
-    with running_app(data, env={"ADMIN_PASSWORD": PASSWORD, "PUBLIC_SEARCH": "true",
+    with running_app(data, env={"ADMIN_PASSWORD": PASSWORD, "PUBLIC_SEARCH": "true", "MAX_UPLOAD_BYTES": "2000000",
                                 "GRADIO_TEMP_DIR": str(root / "gradio_tmp")}) as url:
         yield url, data, root
 
@@ -250,3 +251,20 @@ def test_private_search_needs_the_login_page(tmp_path):
         f = write_wav(tmp_path / "p.wav", sound(7))
         assert "1 added" in client.predict([handle_file(str(f))], MODEL, "", "", "", api_name="/ingest")[0]
         assert client.predict(query_path=handle_file(str(f)), model=MODEL, k=1, api_name="/search")[-1][0]["name"] == "p.wav"
+
+
+def test_upload_over_the_size_limit_is_refused_by_the_app(guarded_app, tmp_path):
+    import httpx
+
+    url, data, _ = guarded_app
+    big = write_wav(tmp_path / "big.wav", np.tile(sound(4), 40))  # 2.6 MB > MAX_UPLOAD_BYTES=2 MB
+    admin = Client(url, verbose=False)
+    admin.predict("admin", PASSWORD, api_name="/login")
+    before = admin.predict(api_name="/count")
+    with pytest.raises(Exception, match=r"exceeds the maximum file size of 2000000 bytes"):
+        admin.predict([handle_file(str(big))], MODEL, "", "", "", api_name="/ingest")
+    # a client that ignores the advertised limit is refused by the server's upload route
+    with open(big, "rb") as fh:
+        r = httpx.post(url + "gradio_api/upload", files={"files": ("big.wav", fh, "audio/wav")}, timeout=60)
+    assert r.status_code >= 400 and "exceeded maximum allowed size" in r.text, (r.status_code, r.text[:200])
+    assert admin.predict(api_name="/count") == before
