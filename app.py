@@ -178,9 +178,15 @@ def _envelope(path: str, columns: int = THUMB_W) -> tuple[np.ndarray, float]:
 
 def hit_waveform(h):
     """A small waveform picture of the hit's file; the matching range is highlighted for a segment."""
-    env, dur = _envelope(str(h.path))
+    return _thumbnail(str(h.path), round(h.start_s, 3) if h.is_segment else None, round(h.end_s, 3))
+
+
+@lru_cache(maxsize=1024)
+def _thumbnail(path: str, start_s: float | None, end_s: float):
+    """The picture for :func:`hit_waveform`, cached: a clip that is a hit again costs nothing."""
+    env, dur = _envelope(path)
     dur = max(dur, 1e-6)
-    hl = (h.start_s / dur, h.end_s / dur) if h.is_segment else None
+    hl = (start_s / dur, end_s / dur) if start_s is not None else None
     return plots.waveform_image(env, THUMB_W, THUMB_H, highlight=hl)
 
 
@@ -441,7 +447,7 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
                      [q_wave, q_spec, status] + slots + [table], api_name="search")
 
         with gr.Tab("Library", id="library"):
-            counts = gr.Markdown(counts_md(), elem_id="library-counts")
+            counts = gr.Markdown(counts_md, elem_id="library-counts")  # fresh on every page load
             if access.login_required:
                 with gr.Accordion("Admin login (needed to change the library)", open=True):
                     with gr.Row():
@@ -470,7 +476,8 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
                 page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
                 refresh = gr.Button("Refresh", scale=1)
             grid = gr.Dataframe(headers=["id", "name", "duration (s)", "added", "label", "speaker", "models"],
-                                value=browse_rows(default_model, ""), interactive=False, elem_id="library-table")
+                                value=lambda: browse_rows(default_model, ""), interactive=False,
+                                elem_id="library-table")
             with gr.Row():
                 del_id = gr.Number(label="Clip id to delete", precision=0)
                 del_btn = gr.Button("Delete clip", variant="stop")
