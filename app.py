@@ -229,7 +229,6 @@ CSS = """
 /* Gradio's bundled Source Sans Pro SemiBold lacks most letters: semibold text mixed two fonts */
 @font-face{font-family:"Source Sans Pro";font-style:normal;font-weight:600;font-display:swap;
   src:url("static/fonts/SourceSansPro/SourceSansPro-Bold.woff2") format("woff2")}
-.gradio-container{max-width:1200px !important;margin:0 auto}
 #page-intro h1{margin-bottom:0.2em}
 .scorebar{height:8px;background:#e5e7eb;border-radius:4px;margin:4px 0 6px 0;overflow:hidden}
 .scorefill{height:100%;background:linear-gradient(90deg,#60a5fa,#2563eb)}
@@ -242,12 +241,16 @@ CSS = """
 .hit-title{font-weight:600;overflow-wrap:anywhere}
 .hit-meta{font-size:0.85em;color:var(--body-text-color);opacity:0.8;overflow-wrap:anywhere}
 .hit-meta .k{opacity:0.75}
-.hit-row{flex-wrap:wrap;align-items:center}
+.hit-row{flex-wrap:wrap;align-items:center;padding:0 8px 8px 8px}
 .hit-audio audio{width:100%}
 .hit-wave img,#query-waveform img,#query-spectrogram img{object-fit:fill;width:100%;image-rendering:auto}
 .hit-wave{min-height:0 !important}
-@media (max-width:640px){.gradio-container{padding-left:8px !important;padding-right:8px !important}}
 """
+
+# Page-level rules: Gradio scopes ``css`` to the app's content, so the page margins go in <head>.
+HEAD = """<style>
+@media (max-width:640px){.gradio-container .main.fillable{padding-left:12px !important;padding-right:12px !important}}
+</style>"""
 
 
 def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
@@ -542,7 +545,7 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
 
 def launch_kwargs(settings: Settings, access: Access) -> dict:
     """Options for ``demo.launch``: files are served from the library only."""
-    kw = dict(allowed_paths=[str(settings.library_dir)], css=CSS,
+    kw = dict(allowed_paths=[str(settings.library_dir)], css=CSS, head=HEAD,
               max_file_size=settings.max_upload_bytes, show_error=False)
     if access.login_required and not access.public_search:
         kw["auth"] = lambda u, p: access.check(u, p)
