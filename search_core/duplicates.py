@@ -99,12 +99,14 @@ class Match:
 
 
 def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: float,
-               exclude_clip: int | None = None, fetch: int = 10) -> list[Match]:
+               exclude_clip: int | None = None, fetch: int = 10, before_clip: int | None = None) -> list[Match]:
     """Indexed clips close to a clip with segment embeddings ``vecs`` (rows), best first.
 
     The score of a candidate is the mean over the query's segments of the best similarity any
     of its segments reaches. ``exclude_clip`` (the clip itself) is left out; candidates below
-    the model's gate or with a too different duration too. At most :data:`MAX_CANDIDATES`.
+    the model's gate or with a too different duration too, and with ``before_clip`` every clip
+    not older than it (a clip is a copy of an earlier one, even within one ingest batch). At most
+    :data:`MAX_CANDIDATES`.
     """
     vecs = np.atleast_2d(np.asarray(vecs, dtype=np.float32))
     if len(vecs) == 0:
@@ -116,7 +118,7 @@ def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: 
     for q, hits in enumerate(raw):
         for h in hits:
             ref = refs.get(h.id)
-            if ref is None or ref.clip.id == exclude_clip:
+            if ref is None or ref.clip.id == exclude_clip or (before_clip is not None and ref.clip.id >= before_clip):
                 continue
             best = per_clip.setdefault(ref.clip.id, np.full(len(vecs), -1.0))
             best[q] = max(best[q], h.score)
@@ -133,14 +135,14 @@ def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: 
 
 
 def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.ndarray, rate: int,
-               exclude_clip: int | None = None) -> Match | None:
+               exclude_clip: int | None = None, before_clip: int | None = None) -> Match | None:
     """The candidate whose fingerprint correlates best with the clip's (``score`` = correlation)."""
     from . import audio as audio_mod
 
     duration = len(samples) / rate
     if duration > MAX_FINGERPRINT_S:
         return None
-    found = candidates(svc, model, vecs, duration, exclude_clip)
+    found = candidates(svc, model, vecs, duration, exclude_clip, before_clip=before_clip)
     if not found:
         return None
     fp = fingerprint(samples, rate)

@@ -1,6 +1,6 @@
 """Metadata store on SQLAlchemy Core: SQLite by default, MySQL/MariaDB through pymysql by URL.
 
-Two tables:
+Tables:
 
 ``clips``
     one row per distinct audio content (sha256 unique): stored file, original name, duration,
@@ -10,6 +10,11 @@ Two tables:
     Its ``id`` is the Milvus primary key. ``status`` makes writes recoverable: a row is
     ``pending`` before its vector is inserted, ``ready`` after, ``deleting`` while it is removed.
     Search only ever shows ``ready`` rows.
+``near_duplicates``
+    clip -> the earlier clip it is a near-duplicate of, per model (marked at ingest; rows go
+    with either clip by ON DELETE CASCADE).
+``speakers``
+    enrolled speakers: name, model, mean embedding (JSON), number of clips.
 
 Only bound parameters reach SQL.
 """
@@ -405,6 +410,13 @@ class MetadataStore:
         with self.engine.connect() as c:
             return [int(r[0]) for r in c.execute(q)]
 
+    def count_filtered(self, model: str, filters: dict | None) -> int:
+        """How many of ``model``'s ready vectors belong to clips matching ``filters``."""
+        q = (sa.select(sa.func.count()).select_from(vectors).join(clips, clips.c.id == vectors.c.clip_id)
+             .where(vectors.c.model == model, vectors.c.status == READY, *filter_conditions(filters)))
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
     # -- near-duplicates -----------------------------------------------------------------
     def mark_near_duplicate(self, clip_id: int, model: str, of_clip_id: int, score: float) -> None:
         """Record that ``clip_id`` is a near-duplicate of ``of_clip_id`` under ``model`` (replaces)."""
@@ -422,6 +434,13 @@ class MetadataStore:
             q = q.where(near_duplicates.c.model == model)
         with self.engine.connect() as c:
             return [(int(a), int(b), m, float(sc)) for a, b, m, sc in c.execute(q.order_by(near_duplicates.c.clip_id))]
+
+    def near_duplicate_of(self, clip_id: int, model: str) -> int | None:
+        """The clip ``clip_id`` is marked as a near-duplicate of under ``model``, if any."""
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(near_duplicates.c.of_clip_id).where(
+                near_duplicates.c.clip_id == int(clip_id), near_duplicates.c.model == model)).first()
+        return int(r[0]) if r else None
 
     def delete_near_duplicates(self, model: str) -> None:
         with self.engine.begin() as c:

@@ -41,13 +41,16 @@ from .config import Settings, get_settings
 from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, filter_conditions
 from .models import EmbeddingModel, get_model, model_names
 from .speakers import SpeakerRegistry
-from .vectors import VectorStore, collection_name
+from .vectors import VectorHit, VectorStore, collection_name
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, current name)
 
-#: A metadata filter matching at most this many vectors is pushed into Milvus as ``id in [...]``;
-#: a broader one is applied in the SQL join to over-fetched hits (benchmarks/filter_bench.py).
-FILTER_IDS_MAX = 20_000
+#: A metadata filter matching at most this many vectors is searched exactly: SQL gives the ids,
+#: Milvus their vectors, numpy the cosine. A broader one is applied in the SQL join to hits
+#: over-fetched in proportion to its selectivity. Pushing ``id in [...]`` (or a scalar-field
+#: filter) into Milvus' HNSW search loses matches on sealed segments when the filter is
+#: selective (4 of 10 found at ef 64 in Milvus Lite 2.6); see benchmarks/filter_bench.py.
+FILTER_EXACT_MAX = 4096
 #: Milvus' largest top-k.
 MAX_FETCH = 16_384
 
@@ -347,10 +350,13 @@ class LibraryService:
         (see :mod:`search_core.duplicates`). ``NEAR_DUPLICATE_CHECK=0`` turns the check off."""
         if os.environ.get("NEAR_DUPLICATE_CHECK", "1").strip().lower() in {"0", "false", "no", "off"}:
             return
-        match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, exclude_clip=item.clip_id)
+        match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, before_clip=item.clip_id)
         if match is not None and match.score >= duplicates.threshold_for(model):
-            self.meta.mark_near_duplicate(item.clip_id, model, match.clip.id, match.score)
-            item.duplicate_of, item.duplicate_score = match.clip.id, match.score
+            # a copy of a copy is marked against the group's original, so that deleting one
+            # copy leaves the others marked
+            of = self.meta.near_duplicate_of(match.clip.id, model) or match.clip.id
+            self.meta.mark_near_duplicate(item.clip_id, model, of, match.score)
+            item.duplicate_of, item.duplicate_score = of, match.score
 
     def duplicate_groups(self, model: str | None = None) -> list[duplicates.DuplicateGroup]:
         """Groups of near-duplicate clips (marked at ingest), largest first, per model."""
@@ -480,25 +486,28 @@ class LibraryService:
         """Search with an embedding; joins ready metadata rows and groups segments by clip.
 
         With ``filters``, SQL resolves which vectors may match. A selective filter (at most
-        :data:`FILTER_IDS_MAX` vectors) is pushed into Milvus as ``id in [...]``, so the
-        search is exact over the subset; a broad one is applied to over-fetched hits in the
-        SQL join (the filtered-out share is small, so few hits are lost to it). See
-        ``benchmarks/filter_bench.py`` for why this beats a Milvus scalar filter here.
+        :data:`FILTER_EXACT_MAX` vectors) is searched exactly over that subset; a broad one is
+        applied in the SQL join to hits over-fetched in proportion to its selectivity. See
+        ``benchmarks/filter_bench.py`` for why this beats a Milvus filter here.
         """
         filters = {key: v for key, v in (filters or {}).items() if v is not None and str(v).strip()}
         filter_conditions(filters)
-        allowed: list[int] | None = None
         post_filters: dict | None = None
+        fetch = int(k) * 3 + 10
+        search = lambda n: self.vectors.search(model, vec[None, :], n)[0]  # noqa: E731
         if filters:
-            allowed = self.meta.filtered_vector_ids(model, filters, limit=FILTER_IDS_MAX)
+            allowed = self.meta.filtered_vector_ids(model, filters, limit=FILTER_EXACT_MAX)
             if not allowed:
                 return []
-            if len(allowed) > FILTER_IDS_MAX:
-                allowed, post_filters = None, filters
-        fetch = int(k) * 3 + 10
+            if len(allowed) <= FILTER_EXACT_MAX:
+                search = lambda n: exact_search(self.vectors.get(model, allowed), vec, n)  # noqa: E731
+            else:
+                post_filters = filters
+                share = self.meta.count_filtered(model, filters) / max(1, self.meta.count_vectors(model))
+                fetch = min(MAX_FETCH, int(fetch / max(share, 1e-6) * 1.5))
         grouped: dict[int, Hit] = {}
-        for _attempt in range(6 if post_filters else 3):
-            raw = self.vectors.search(model, vec[None, :], fetch, filter_ids=allowed)[0]
+        for _attempt in range(4 if post_filters else 3):
+            raw = search(fetch)
             refs = self.meta.ready_refs([h.id for h in raw], post_filters)
             grouped = {}
             for h in raw:
@@ -641,6 +650,16 @@ class LibraryService:
         out["files_without_rows"] = len(files - known)
         out["rows_without_files"] = len(known - files)
         return out
+
+
+def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:
+    """Top-``k`` of ``{id: unit vector}`` by cosine similarity with ``vec``, best first."""
+    if not stored:
+        return []
+    ids = np.fromiter(stored.keys(), dtype=np.int64, count=len(stored))
+    scores = np.stack(list(stored.values())) @ np.asarray(vec, dtype=np.float32)
+    top = np.argsort(-scores, kind="stable")[:int(k)]
+    return [VectorHit(int(ids[i]), float(scores[i])) for i in top]
 
 
 def segment_params(info, env: dict | None = None) -> tuple[float, float]:

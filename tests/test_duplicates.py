@@ -1,0 +1,96 @@
+"""Near-duplicates: degraded copies of a real clip are marked at ingest and grouped; another take
+of the same recording is not; marks go with their clips; the CLI lists the groups."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, SHARED_DATA, sound, write_wav
+from search_core import duplicates
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from near_duplicates import DEGRADATIONS, write_degraded  # noqa: E402
+
+MODEL = "mfcc_stats"
+ESC = SHARED_DATA / "esc50"
+ORIGINAL = ESC / "4-132383-A-2.flac"     # a pig
+OTHER_TAKE = ESC / "4-132383-B-2.flac"   # the same recording, another 5 s take
+needs_data = pytest.mark.skipif(not ORIGINAL.is_file(), reason=f"evaluation data not found at {ESC}")
+
+
+def test_fingerprint_separates_copies_from_other_sounds():
+    rate = 16000
+    y = sound(1, 4.0, rate) + 0.3 * sound(2, 4.0, rate)
+    fp = duplicates.fingerprint(y, rate)
+    rng = np.random.default_rng(0)
+    noisy = y + rng.standard_normal(len(y)).astype(np.float32) * float(np.sqrt(np.mean(y ** 2))) / 10
+    for copy in (0.3 * y, y[int(0.25 * rate):], noisy):
+        assert duplicates.fingerprint_similarity(duplicates.fingerprint(copy, rate), fp) >= duplicates.THRESHOLD
+    other = duplicates.fingerprint(sound(5, 4.0, rate), rate)
+    assert duplicates.fingerprint_similarity(other, fp) < duplicates.THRESHOLD
+
+
+def test_groups_are_connected_components():
+    pairs = [(5, 2, "m", 0.99), (7, 5, "m", 0.95), (9, 8, "m", 0.97), (4, 2, "n", 0.98)]
+    assert duplicates.group_pairs(pairs) == {"m": [(2, [(5, 0.99), (7, 0.95)]), (8, [(9, 0.97)])],
+                                             "n": [(2, [(4, 0.98)])]}
+
+
+@needs_data
+def test_ingest_marks_degraded_copies_but_not_another_take(service, tmp_path):
+    first = service.ingest_files([ORIGINAL, OTHER_TAKE], MODEL)
+    original_id = first.items[0].clip_id
+    assert [i.duplicate_of for i in first.items] == [None, None]  # another take is not a copy
+    rng = np.random.default_rng(0)
+    copies = [write_degraded(ORIGINAL, kind, tmp_path, rng) for kind in DEGRADATIONS]
+    rep = service.ingest_files(copies, MODEL)
+    assert [i.status for i in rep.items] == ["added"] * len(copies)
+    # each copy is marked as a near-duplicate of the original, or of a copy already marked so
+    groups = service.duplicate_groups(MODEL)
+    assert len(groups) == 1
+    g = groups[0]
+    assert g.original.id == original_id
+    assert sorted(c.original_name for c, _ in g.copies) == sorted(p.name for p in copies)
+    assert all(sc >= duplicates.THRESHOLD for _, sc in g.copies)
+    assert "marked as near-duplicates" in rep.summary()
+
+    # marks go with their clips
+    victim = g.copies[0][0]
+    assert service.delete_clip(victim.id)
+    assert service.duplicate_groups(MODEL)[0].size == len(copies)
+    assert service.delete_clip(original_id)
+    assert all(original_id not in (g.original.id, *[c.id for c, _ in g.copies])
+               for g in service.duplicate_groups(MODEL))
+
+
+@needs_data
+def test_cli_ingest_reports_marks_and_lists_groups(tmp_path):
+    y, rate = sf.read(str(ORIGINAL), dtype="float32")
+    quiet = write_wav(tmp_path / "quiet copy.wav", y * 0.3, rate)
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SEARCH_CORE_OFFLINE": "1"}
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    out = cli("ingest", str(ORIGINAL), str(quiet), "--model", MODEL, "--quiet")
+    assert "1 marked as near-duplicates" in out
+    groups = json.loads(cli("duplicates", "--json"))
+    assert [(g["original"]["name"], [c["name"] for c in g["copies"]]) for g in groups] == \
+        [(ORIGINAL.name, ["quiet copy.wav"])]
+
+
+def test_threshold_env_is_validated(monkeypatch):
+    monkeypatch.setenv("NEAR_DUPLICATE_THRESHOLD", "0.5")
+    assert duplicates.threshold_for(MODEL) == 0.5
+    monkeypatch.setenv("NEAR_DUPLICATE_THRESHOLD", "2")
+    with pytest.raises(ValueError, match="NEAR_DUPLICATE_THRESHOLD"):
+        duplicates.threshold_for(MODEL)
