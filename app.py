@@ -17,6 +17,7 @@ import hmac
 import html
 import re
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -562,6 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     access = access_from_env(args.share)
     settings = get_settings()
     svc = LibraryService(settings)
+    # load the default model in the background: the first search should not pay for it
+    threading.Thread(target=svc.warm_up, args=(settings.default_sound_model,), daemon=True).start()
     demo = build_app(svc, access)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
                                                    share=args.share, **launch_kwargs(settings, access))

@@ -506,7 +506,7 @@ class LibraryService:
                 share = self.meta.count_filtered(model, filters) / max(1, self.meta.count_vectors(model))
                 fetch = min(MAX_FETCH, int(fetch / max(share, 1e-6) * 1.5))
         grouped: dict[int, Hit] = {}
-        for _attempt in range(4 if post_filters else 3):
+        while True:  # over-fetch until k distinct clips are found (segments of one file share a clip)
             raw = search(fetch)
             refs = self.meta.ready_refs([h.id for h in raw], post_filters)
             grouped = {}
@@ -528,6 +528,21 @@ class LibraryService:
         for r, h in enumerate(hits, 1):
             h.rank = r
         return hits
+
+    def warm_up(self, model: str) -> bool:
+        """Load ``model`` and run one tiny embedding, so the first real search is not the slow one.
+
+        Returns False (and changes nothing) when the model's weights are not available.
+        """
+        try:
+            m = get_model(model)
+            if not m.status().ready and not m.loaded:
+                return False
+            noise = np.random.default_rng(0).standard_normal(m.info.sample_rate).astype(np.float32) * 0.1
+            m.embed([noise])
+            return True
+        except Exception:  # warming is best effort; a real request reports the error
+            return False
 
     # -- browse / delete ----------------------------------------------------------------
     def count(self, model: str | None = None) -> int:

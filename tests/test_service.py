@@ -109,3 +109,12 @@ def test_long_recording_is_indexed_as_segments(service, tmp_path):
     assert n_vectors > 1  # 16 s with a 5 s window, 2.5 s hop
     res = service.search(long, MODEL, k=3)
     assert len(res.hits) == 1 and len(res.hits[0].segments) == n_vectors  # grouped by file
+
+
+def test_warm_up_loads_a_ready_model_and_skips_a_missing_one(service, monkeypatch, tmp_path):
+    from search_core.models import get_model
+
+    monkeypatch.setenv("PPSPEECH_HOME", str(tmp_path / "no-paddlespeech-cache"))
+    assert service.warm_up(MODEL) is True and get_model(MODEL).loaded
+    assert service.warm_up("panns_cnn6") is False  # weights not installed: nothing loaded, no error
+    assert not get_model("panns_cnn6").loaded
