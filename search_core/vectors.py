@@ -7,6 +7,7 @@ to a Milvus standalone/cluster (``http://host:19530``).
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+# Milvus Lite has no server-side MVCC timestamp for iterators; pymilvus warns about it on every
+# id sweep although the client-side fallback is what we want.
+logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 

@@ -52,7 +52,9 @@ def describe(name: str) -> str:
     i = m.info
     st = m.status()
     status = "ready" if st.ready else "weights not installed"
-    return f"{i.name} — {i.task}, {i.dim}-d, {i.sample_rate // 1000} kHz, {status}"
+    if i.opt_in:
+        status += ", opt-in (weights licence not stated)"
+    return f"{i.name} — {i.task}, {i.dim}-d, {i.sample_rate / 1000:g} kHz, {status}"
 
 
 __all__ = ["EmbeddingModel", "ModelInfo", "ModelStatus", "WeightsNotInstalled", "l2_normalize",

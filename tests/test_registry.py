@@ -1,0 +1,40 @@
+"""The model registry as a user meets it: what the dropdown says, which models are defaults."""
+from __future__ import annotations
+
+import pytest
+
+from search_core.config import get_settings
+from search_core.models import WeightsNotInstalled, describe, get_model, model_names
+
+EXPECTED = {"aisfx": ("sound", 512), "resemblyzer": ("speaker", 256), "panns_cnn14": ("sound", 2048),
+            "panns_cnn10": ("sound", 512), "panns_cnn6": ("sound", 512), "ecapa_tdnn": ("speaker", 192),
+            "yamnet": ("sound", 1024), "mfcc_stats": ("sound", 80)}
+
+
+def test_every_model_is_listed_with_task_dimension_rate_and_status():
+    assert set(model_names()) == set(EXPECTED)
+    for name, (task, dim) in EXPECTED.items():
+        line = describe(name)
+        info = get_model(name).info
+        assert (info.task, info.dim) == (task, dim)
+        assert line.startswith(f"{name} — {task}, {dim}-d, ") and "kHz" in line
+        assert ("ready" in line) != ("weights not installed" in line)
+
+
+def test_defaults_are_registry_models_of_the_right_task_and_not_opt_in():
+    s = get_settings()
+    sound, speaker = get_model(s.default_sound_model).info, get_model(s.default_speaker_model).info
+    assert (sound.task, speaker.task) == ("sound", "speaker")
+    assert not sound.opt_in and not speaker.opt_in
+    assert get_model("yamnet").info.opt_in and "opt-in" in describe("yamnet")
+
+
+def test_a_model_without_weights_says_which_files_go_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPSPEECH_HOME", str(tmp_path / "ppspeech"))
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("SEARCH_CORE_OFFLINE", "1")
+    m = get_model("panns_cnn14")
+    st = m.status()
+    assert not st.ready and "panns_cnn14" in st.message and str(tmp_path / "weights") in st.message
+    with pytest.raises(WeightsNotInstalled, match="panns_cnn14"):
+        type(m)().load()  # a fresh instance: the shared one may be cached by other tests
