@@ -139,6 +139,8 @@ def curve(svc, model: str, X: np.ndarray, Q: np.ndarray, settings, ivf_nlist: in
         secs, found = time_calls(lambda q: [h.id for h in vs.search(model, q[None, :], 10)[0]], Q)
         out["HNSW"].append({"ef": ef, "recall": round(recall(found, truth), 4), **percentiles(secs)})
     vs.search_ef = old_ef
+    if not ivf_nlist:
+        return out
     vmod.INDEX_PARAMS["IVF_FLAT"] = {"nlist": ivf_nlist}
     ivf = vmod.VectorStore(settings.milvus_uri, "IVF_FLAT")
     t0 = time.perf_counter()
@@ -162,12 +164,21 @@ def rss_child(data_dir: str, model: str, queries: int) -> None:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
+    def rss_now() -> float:  # current resident set size in MB
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+        return float("nan")
+
+    base = rss_now()
     svc = LibraryService(temporary_settings(data_dir))  # includes start-up recovery
     startup = time.perf_counter() - t0
+    after_start = rss_now()
     wavs = sorted(Path(data_dir, "queries").glob("*.wav"))
     t1 = time.perf_counter()
     svc.embed_query(wavs[0], model)  # model load + first-call warm-up (numba, kernels)
     model_s = time.perf_counter() - t1
+    after_model = rss_now()
     t1 = time.perf_counter()
     svc.search(wavs[0], model, 10)
     first = time.perf_counter() - t1
@@ -175,7 +186,8 @@ def rss_child(data_dir: str, model: str, queries: int) -> None:
     print(json.dumps({"startup_s": round(startup, 2), "model_load_and_warmup_s": round(model_s, 2),
                       "first_search_s": round(first, 2),
                       "count": svc.vectors.count(model), "end_to_end": percentiles(secs),
-                      "peak_rss_mb": peak_rss_mb()}))
+                      "peak_rss_mb": peak_rss_mb(), "rss_mb": {"imports": base, "after_startup": after_start,
+                                                               "after_model": after_model, "end": rss_now()}}))
 
 
 def main() -> None:
@@ -185,7 +197,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--wavs", type=int, default=30, help="5 s clips for the end-to-end figures")
     ap.add_argument("--curve", action="store_true")
-    ap.add_argument("--ivf-nlist", type=int, default=1024)
+    ap.add_argument("--ivf-nlist", type=int, default=1024, help="0: no IVF_FLAT sweep")
     ap.add_argument("--rss", action="store_true")
     ap.add_argument("--no-flush", action="store_true", help="leave inserted vectors in Milvus Lite's memtable")
     ap.add_argument("--data-dir")
