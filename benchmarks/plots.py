@@ -40,15 +40,19 @@ def latency_vs_size(scale: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def recall_vs_latency(scale: dict, out: Path) -> None:
+def recall_vs_latency(scale: dict, out: Path, small: dict | None = None) -> None:
     curve = scale["curve"]
     n = max(int(s) for s in scale["sizes"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    h = curve["HNSW"]
-    ax.plot([p["p50_ms"] for p in h], [p["recall"] for p in h], "-o", label="HNSW M=16, efConstruction=200")
-    for p in h:
-        ax.annotate(f"ef {p['ef']}", (p["p50_ms"], p["recall"]), fontsize=7, xytext=(3, -8),
-                    textcoords="offset points")
+    series = [(curve["HNSW"], f"HNSW M=16, efConstruction=200, {n:,} vectors (3 segments)", "-o")]
+    if small and "curve" in small:
+        m = max(int(s) for s in small["sizes"])
+        series.append((small["curve"]["HNSW"], f"HNSW, {m:,} vectors (1 segment)", "-^"))
+    for h, label, style in series:
+        ax.plot([p["p50_ms"] for p in h], [p["recall"] for p in h], style, label=label)
+        for p in h:
+            ax.annotate(f"ef {p['ef']}", (p["p50_ms"], p["recall"]), fontsize=7, xytext=(3, -8),
+                        textcoords="offset points")
     v = curve.get("IVF_FLAT") or []
     if v:
         ax.plot([p["p50_ms"] for p in v], [p["recall"] for p in v], "-s",
@@ -58,9 +62,10 @@ def recall_vs_latency(scale: dict, out: Path) -> None:
                         textcoords="offset points")
     ax.axhline(0.95, color="grey", lw=0.8, ls=":", label="target recall@10 0.95")
     ax.set_xscale("log")
+    ax.set_ylim(0.8, 1.005)
     ax.set_xlabel("Milvus search latency p50 (ms)")
     ax.set_ylabel("recall@10 vs exact search")
-    ax.set_title(f"{n:,} clustered synthetic {scale['dim']}-d vectors, Milvus Lite", fontsize=9)
+    ax.set_title(f"clustered synthetic {scale['dim']}-d vectors, Milvus Lite, top-10", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -73,8 +78,10 @@ def main() -> None:
     args = ap.parse_args()
     scale = json.loads(Path(args.scale).read_text())
     latency_vs_size(scale, HERE / "latency_vs_size.png")
+    small = HERE / "results" / "scale_10k.json"
     if "curve" in scale:
-        recall_vs_latency(scale, HERE / "recall_vs_latency.png")
+        recall_vs_latency(scale, HERE / "recall_vs_latency.png",
+                          json.loads(small.read_text()) if small.exists() else None)
 
 
 if __name__ == "__main__":
