@@ -36,7 +36,7 @@ mariadb:
 	    for i in $$(seq 30); do mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1 && break; sleep 1; done; }
 
 test: $(TSTAMP) mariadb
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	GRPC_VERBOSITY=NONE $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

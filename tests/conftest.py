@@ -8,6 +8,8 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("SEARCH_CORE_OFFLINE", "1")
+# gRPC (pymilvus <-> Milvus Lite) logs keepalive chatter at interpreter exit, after pytest's summary
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import numpy as np
 import pytest
