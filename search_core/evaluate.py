@@ -276,7 +276,17 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
     finally:
         svc.close()
         if tmp is not None:
+            _release_lite(settings.milvus_uri)
             tmp.cleanup()
+
+
+def _release_lite(uri: str) -> None:
+    """Stop this process' Milvus Lite server for ``uri`` (else it writes into the folder at exit)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(uri)
 
 
 def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, progress, clean_name):

@@ -132,7 +132,10 @@ def _manifest(folder):
 
 def test_eval_cli_on_generated_clips(tmp_path):
     manifest = _manifest(tmp_path / "clips")
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "should-stay-empty"), "SEARCH_CORE_OFFLINE": "1"}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "should-stay-empty"), "SEARCH_CORE_OFFLINE": "1",
+           "TMPDIR": str(scratch)}
     out = subprocess.run([sys.executable, "-m", "search_core", "eval", str(manifest), "--model", "mfcc_stats",
                           "--relevant", "label", "--group", "src_file", "--center", "--json", "--quiet"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -145,4 +148,5 @@ def test_eval_cli_on_generated_clips(tmp_path):
     assert res["ann_recall"] == pytest.approx(1.0)  # 30 vectors: the index must find the exact top-10
     assert res["ann"]["p_at_k"] == pytest.approx(res["exact"]["p_at_k"])
     assert res["centered"]["queries"] == 30
-    assert not (tmp_path / "should-stay-empty").exists()  # stores went to a temporary folder
+    assert not (tmp_path / "should-stay-empty").exists()  # stores went to a temporary folder ...
+    assert not any(scratch.glob("search-core-eval-*"))  # ... which is gone afterwards
