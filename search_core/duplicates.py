@@ -14,6 +14,8 @@ model scores most pairs of ESC-50 clips above 0.99, and a gain change moves it m
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -73,23 +75,80 @@ def fingerprint(samples: np.ndarray, rate: int) -> np.ndarray:
 
 
 def fingerprint_similarity(a: np.ndarray, b: np.ndarray, max_shift_s: float | None = None) -> float:
-    """Pearson correlation of two fingerprints at the best time offset (overlap >= 75 %)."""
+    """Pearson correlation of two fingerprints at the best time offset (overlap >= 75 %).
+
+    Equal to correlating the overlapping frames (flattened) at every shift, but computed from one
+    frame Gram matrix (its diagonals are the cross terms) and cumulative sums (the means and
+    variances of each overlap), so it costs about one matrix product instead of one per shift.
+    """
     if max_shift_s is None:
         max_shift_s = min(3.0, max(0.5, 0.1 * max(len(a), len(b)) * FP_HOP / FP_RATE))
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    la, lb, feats = len(a), len(b), a.shape[1]
     shift = int(round(max_shift_s * FP_RATE / FP_HOP))
-    need = 0.75 * min(len(a), len(b))
+    need = max(0.75 * min(la, lb), 1)
+    gram = a @ b.T  # gram[i, j] = <a[i], b[j]>
+    ca = np.concatenate([[0.0], np.cumsum(a.sum(axis=1))])
+    ca2 = np.concatenate([[0.0], np.cumsum((a * a).sum(axis=1))])
+    cb = np.concatenate([[0.0], np.cumsum(b.sum(axis=1))])
+    cb2 = np.concatenate([[0.0], np.cumsum((b * b).sum(axis=1))])
     best = -1.0
     for d in range(-shift, shift + 1):
-        x, y = (a[d:], b) if d >= 0 else (a, b[-d:])
-        n = min(len(x), len(y))
-        if n < max(need, 1):
+        if d >= 0:  # a[d:d+n] against b[:n]
+            n = min(la - d, lb)
+            a0, b0 = d, 0
+        else:       # a[:n] against b[-d:-d+n]
+            n = min(la, lb + d)
+            a0, b0 = 0, -d
+        if n < need:
             continue
-        x = x[:n].ravel() - x[:n].mean()
-        y = y[:n].ravel() - y[:n].mean()
-        den = float(np.linalg.norm(x) * np.linalg.norm(y))
-        if den > 0:
-            best = max(best, float(x @ y) / den)
+        sxy = np.trace(gram, offset=b0 - a0)
+        sx, sxx = ca[a0 + n] - ca[a0], ca2[a0 + n] - ca2[a0]
+        sy, syy = cb[b0 + n] - cb[b0], cb2[b0 + n] - cb2[b0]
+        size = n * feats
+        cov = sxy - sx * sy / size
+        den2 = (sxx - sx * sx / size) * (syy - sy * sy / size)
+        if den2 > 0:
+            best = max(best, float(cov / np.sqrt(den2)))
     return best
+
+
+class FingerprintCache:
+    """Fingerprints of library clips, most recently used kept, bounded in bytes (thread-safe).
+
+    Keyed by ``(clip id, sha256)`` so a reused id can never return another clip's picture. Bulk
+    ingest fingerprints each added clip from the samples it already holds, so the candidates of
+    later clips rarely need their stored file decoded again.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, clip: ClipRow) -> np.ndarray | None:
+        with self._lock:
+            fp = self._items.get((clip.id, clip.sha256))
+            if fp is not None:
+                self._items.move_to_end((clip.id, clip.sha256))
+            return fp
+
+    def put(self, clip_id: int, sha256: str, fp: np.ndarray) -> None:
+        if fp.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop((clip_id, sha256), None)
+            self._bytes -= old.nbytes if old is not None else 0
+            self._items[(clip_id, sha256)] = fp
+            self._bytes += fp.nbytes
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
@@ -135,8 +194,12 @@ def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: 
 
 
 def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.ndarray, rate: int,
-               exclude_clip: int | None = None, before_clip: int | None = None) -> Match | None:
-    """The candidate whose fingerprint correlates best with the clip's (``score`` = correlation)."""
+               exclude_clip: int | None = None, before_clip: int | None = None,
+               fp: np.ndarray | None = None, cache: FingerprintCache | None = None) -> Match | None:
+    """The candidate whose fingerprint correlates best with the clip's (``score`` = correlation).
+
+    ``fp`` is the clip's own fingerprint if already computed; ``cache`` holds candidates' ones.
+    """
     from . import audio as audio_mod
 
     duration = len(samples) / rate
@@ -145,15 +208,20 @@ def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.
     found = candidates(svc, model, vecs, duration, exclude_clip, before_clip=before_clip)
     if not found:
         return None
-    fp = fingerprint(samples, rate)
+    fp = fingerprint(samples, rate) if fp is None else fp
     best: Match | None = None
     for m in found:
-        path = svc.clip_path(m.clip)
-        try:
-            other = audio_mod.load(path, FP_RATE, max_bytes=1 << 62, max_duration_s=MAX_FINGERPRINT_S * 1.5)
-        except (audio_mod.AudioError, OSError):
-            continue  # a stored file that vanished is recover()'s business, not a duplicate
-        sim = fingerprint_similarity(fp, fingerprint(other.samples, other.sample_rate))
+        other_fp = cache.get(m.clip) if cache is not None else None
+        if other_fp is None:
+            try:
+                other = audio_mod.load(svc.clip_path(m.clip), FP_RATE, max_bytes=1 << 62,
+                                       max_duration_s=MAX_FINGERPRINT_S * 1.5)
+            except (audio_mod.AudioError, OSError):
+                continue  # a stored file that vanished is recover()'s business, not a duplicate
+            other_fp = fingerprint(other.samples, other.sample_rate)
+            if cache is not None:
+                cache.put(m.clip.id, m.clip.sha256, other_fp)
+        sim = fingerprint_similarity(fp, other_fp)
         if best is None or sim > best.score:
             best = Match(m.clip, sim)
     return best

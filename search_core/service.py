@@ -173,6 +173,7 @@ class LibraryService:
         self.meta = MetadataStore(s.database_url)
         self.vectors = VectorStore(s.milvus_uri, s.index_type)
         self._write_lock = threading.RLock()
+        self.fingerprints = duplicates.FingerprintCache()
         self.speakers = SpeakerRegistry(self)  # enrol / identify / list / delete voiceprints
         if recover:
             self.recover()
@@ -279,10 +280,11 @@ class LibraryService:
             for pos, p, bounds in todo:
                 entries.append((pos, p, bounds, emb[offset:offset + len(bounds)]))
                 offset += len(bounds)
+            shas = {pos: p["sha"] for pos, p, _ in todo}
             for pos, item, vecs, a in self._write_batch(entries, metadata, model):
                 items[pos] = item
                 if item.status == "added":
-                    self._mark_near_duplicate(item, model, vecs, a)
+                    self._mark_near_duplicate(item, model, vecs, a, shas[pos])
         return [i for i in items if i is not None]
 
     def _write_batch(self, entries: list, metadata: list[dict], model: str) -> list:
@@ -345,12 +347,18 @@ class LibraryService:
         except Exception:
             pass
 
-    def _mark_near_duplicate(self, item: IngestItem, model: str, vecs: np.ndarray, a: audio_mod.Audio) -> None:
+    def _mark_near_duplicate(self, item: IngestItem, model: str, vecs: np.ndarray, a: audio_mod.Audio,
+                             sha256: str) -> None:
         """Mark a just-added clip as a near-duplicate of its best match if that reaches the threshold
         (see :mod:`search_core.duplicates`). ``NEAR_DUPLICATE_CHECK=0`` turns the check off."""
         if os.environ.get("NEAR_DUPLICATE_CHECK", "1").strip().lower() in {"0", "false", "no", "off"}:
             return
-        match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, before_clip=item.clip_id)
+        fp = None
+        if a.duration_s <= duplicates.MAX_FINGERPRINT_S:
+            fp = duplicates.fingerprint(a.samples, a.sample_rate)  # from memory: no decode
+            self.fingerprints.put(item.clip_id, sha256, fp)
+        match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, before_clip=item.clip_id,
+                                      fp=fp, cache=self.fingerprints)
         if match is not None and match.score >= duplicates.threshold_for(model):
             # a copy of a copy is marked against the group's original, so that deleting one
             # copy leaves the others marked

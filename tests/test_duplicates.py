@@ -94,3 +94,55 @@ def test_threshold_env_is_validated(monkeypatch):
     monkeypatch.setenv("NEAR_DUPLICATE_THRESHOLD", "2")
     with pytest.raises(ValueError, match="NEAR_DUPLICATE_THRESHOLD"):
         duplicates.threshold_for(MODEL)
+
+
+@needs_data
+def test_bulk_ingest_reuses_fingerprints_instead_of_decoding_candidates(service, tmp_path, monkeypatch):
+    service.ingest_files([ORIGINAL], MODEL)
+    rng = np.random.default_rng(1)
+    copy = write_degraded(ORIGINAL, "gain -9 dB", tmp_path, rng)
+    from search_core import audio as audio_mod
+
+    decoded = []
+    real_load = audio_mod.load
+    monkeypatch.setattr(audio_mod, "load", lambda path, *a, **kw: decoded.append(str(path)) or real_load(path, *a, **kw))
+    rep = service.ingest_files([copy], MODEL)
+    assert rep.items[0].duplicate_of == service.list_clips(MODEL, query=ORIGINAL.name)[0][0].id
+    assert all(str(service.library_dir) not in p for p in decoded)  # the original's file was not decoded again
+    assert len(service.fingerprints) == 2
+
+
+def test_fingerprint_cache_is_bounded_and_keyed_by_content():
+    cache = duplicates.FingerprintCache(max_bytes=3 * 400)
+    from search_core.metadata import ClipRow
+
+    def row(i, sha):
+        return ClipRow(i, sha, "", "", 1.0, 16000, 1, None, None, None, [], None)
+
+    for i in range(5):
+        cache.put(i, f"sha{i}", np.zeros(100, np.float32))  # 400 bytes each
+    assert len(cache) == 3 and cache.get(row(0, "sha0")) is None and cache.get(row(4, "sha4")) is not None
+    assert cache.get(row(4, "other-content")) is None
+
+
+def _similarity_by_loop(a, b, shift):
+    """The definition: Pearson correlation of the flattened overlap at each shift, the best one."""
+    need, best = 0.75 * min(len(a), len(b)), -1.0
+    for d in range(-shift, shift + 1):
+        x, y = (a[d:], b) if d >= 0 else (a, b[-d:])
+        n = min(len(x), len(y))
+        if n < max(need, 1):
+            continue
+        best = max(best, float(np.corrcoef(x[:n].ravel(), y[:n].ravel())[0, 1]))
+    return best
+
+
+@pytest.mark.parametrize("la,lb", [(300, 300), (280, 320), (64, 50)])
+def test_fast_fingerprint_similarity_equals_the_definition(la, lb):
+    rng = np.random.default_rng(la)
+    base = rng.standard_normal((max(la, lb) + 20, 32))
+    a, b = base[:la] + 0.3 * rng.standard_normal((la, 32)), base[7:7 + lb]
+    shift_s = 20 * duplicates.FP_HOP / duplicates.FP_RATE
+    fast = duplicates.fingerprint_similarity(a, b, max_shift_s=shift_s)
+    assert fast == pytest.approx(_similarity_by_loop(a, b, 20), abs=1e-9)
+    assert fast > 0.9  # the true offset (7 frames) is inside the searched range
