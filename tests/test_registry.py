@@ -38,3 +38,14 @@ def test_a_model_without_weights_says_which_files_go_where(tmp_path, monkeypatch
     assert not st.ready and "panns_cnn14" in st.message and str(tmp_path / "weights") in st.message
     with pytest.raises(WeightsNotInstalled, match="panns_cnn14"):
         type(m)().load()  # a fresh instance: the shared one may be cached by other tests
+
+
+def test_fast_mfcc_equals_librosa():
+    import librosa
+    import numpy as np
+
+    from search_core.models.mfcc import mfcc
+
+    y = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    ref = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=40, n_mels=64, n_fft=512, hop_length=160)
+    assert np.allclose(mfcc(y, 16000), ref, atol=1e-3 * np.abs(ref).max())
