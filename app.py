@@ -18,6 +18,7 @@ import html
 import re
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,6 +57,33 @@ class Access:
             return True
         return hmac.compare_digest(str(user).encode(), self.user.encode()) and \
             hmac.compare_digest(str(password).encode(), self.password.encode())
+
+
+class LoginThrottle:
+    """Refuse logins from a client after ``limit`` failures within ``window_s`` seconds.
+
+    Over a public link the admin password is the only thing between a stranger and the library;
+    this makes guessing it slow. Thread-safe; failures are forgotten after the window.
+    """
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0, clock=time.monotonic):
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str) -> list[float]:
+        now = self.clock()
+        kept = [t for t in self._failures.get(client, []) if now - t < self.window_s]
+        self._failures[client] = kept
+        return kept
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            return len(self._recent(client)) >= self.limit
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client).append(self.clock())
 
 
 def access_from_env(share: bool, prompt: bool = True) -> Access:
@@ -264,6 +292,8 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
     # copied into Gradio's cache and hashed on every search
     gr.set_static_paths([str(svc.library_dir)])
 
+    throttle = LoginThrottle()
+
     def is_admin(state: dict | None, request: gr.Request | None) -> bool:
         if not access.login_required:
             return True
@@ -399,9 +429,13 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
                      for c, sc in g.copies]
         return rows
 
-    def do_login(user, password, state):
+    def do_login(user, password, state, request: gr.Request):
+        client = getattr(getattr(request, "client", None), "host", None) or "unknown"
+        if throttle.blocked(client):
+            raise gr.Error("Too many failed logins from your address; wait 5 minutes and try again.")
         if access.check(user or "", password or ""):
             return {"admin": True}, "Logged in as admin: you can change the library.", ""
+        throttle.failed(client)
         gr.Warning("Wrong user name or password.")
         return {"admin": False}, "Not logged in.", ""
 

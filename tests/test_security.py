@@ -268,3 +268,17 @@ def test_upload_over_the_size_limit_is_refused_by_the_app(guarded_app, tmp_path)
         r = httpx.post(url + "gradio_api/upload", files={"files": ("big.wav", fh, "audio/wav")}, timeout=60)
     assert r.status_code >= 400 and "exceeded maximum allowed size" in r.text, (r.status_code, r.text[:200])
     assert admin.predict(api_name="/count") == before
+
+
+def test_login_guessing_is_throttled_per_client():
+    from app import LoginThrottle
+
+    now = [1000.0]
+    throttle = LoginThrottle(limit=3, window_s=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert not throttle.blocked("1.2.3.4")
+        throttle.failed("1.2.3.4")
+    assert throttle.blocked("1.2.3.4")      # the 4th guess is refused, even a right one
+    assert not throttle.blocked("5.6.7.8")  # other clients are not affected
+    now[0] += 61
+    assert not throttle.blocked("1.2.3.4")  # failures are forgotten after the window
