@@ -35,6 +35,20 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
 
 
+def env_unit_float(name: str, what: str) -> float | None:
+    """An optional override in [-1, 1] (a similarity threshold) from the environment, or None."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a {what} in [-1, 1], got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """All knobs of the engine. Build with :func:`get_settings` (reads the environment)."""

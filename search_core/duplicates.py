@@ -13,7 +13,6 @@ model scores most pairs of ESC-50 clips above 0.99, and a gain change moves it m
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import env_unit_float
 from .metadata import ClipRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,16 +47,8 @@ FP_RATE, FP_HOP, FP_FLOOR_DB = 8000, 128, 40.0
 
 def threshold_for(model: str | None = None) -> float:
     """The fingerprint threshold; ``NEAR_DUPLICATE_THRESHOLD`` overrides it (same for every model)."""
-    raw = os.environ.get("NEAR_DUPLICATE_THRESHOLD", "").strip()
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"NEAR_DUPLICATE_THRESHOLD={raw!r} is not a number") from None
-        if not -1.0 <= value <= 1.0:
-            raise ValueError(f"NEAR_DUPLICATE_THRESHOLD must be a correlation in [-1, 1], got {value}")
-        return value
-    return THRESHOLD
+    value = env_unit_float("NEAR_DUPLICATE_THRESHOLD", "correlation")
+    return THRESHOLD if value is None else value
 
 
 def fingerprint(samples: np.ndarray, rate: int) -> np.ndarray:

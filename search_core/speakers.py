@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from . import audio as audio_mod
+from .config import env_unit_float
 from .models import get_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,16 +39,8 @@ DEFAULT_THRESHOLD = 0.75
 
 def threshold_for(model: str) -> float:
     """The identification threshold of ``model``; ``SPEAKER_THRESHOLD`` overrides it."""
-    raw = os.environ.get("SPEAKER_THRESHOLD", "").strip()
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"SPEAKER_THRESHOLD={raw!r} is not a number") from None
-        if not -1.0 <= value <= 1.0:
-            raise ValueError(f"SPEAKER_THRESHOLD must be a cosine similarity in [-1, 1], got {value}")
-        return value
-    return THRESHOLDS.get(model, DEFAULT_THRESHOLD)
+    value = env_unit_float("SPEAKER_THRESHOLD", "cosine similarity")
+    return THRESHOLDS.get(model, DEFAULT_THRESHOLD) if value is None else value
 
 
 @dataclass
