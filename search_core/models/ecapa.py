@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import get_settings
 from . import paddlespeech_weights as pw
-from .base import EmbeddingModel, ModelInfo, ModelStatus
+from .base import ModelInfo
 from .panns import group_by_length
 
 SAMPLE_RATE = 16000
@@ -94,7 +93,7 @@ def fbank(waveform: np.ndarray, conf: dict) -> np.ndarray:
     return feat - feat.mean(axis=-1, keepdims=True)
 
 
-class EcapaTdnn(EmbeddingModel):
+class EcapaTdnn(pw.ReleaseModel):
     """Speaker embedding of PaddleSpeech's ECAPA-TDNN trained on VoxCeleb1+2 (7205 speakers)."""
 
     info = ModelInfo(
@@ -105,20 +104,10 @@ class EcapaTdnn(EmbeddingModel):
 
     def __init__(self) -> None:
         super().__init__()
-        self._net = None
         self._conf: dict | None = None
-        self._paddle = None
-        self.source: Path | None = None
-
-    @property
-    def release(self) -> pw.Release:
-        return pw.RELEASES[self.info.name]
-
-    def status(self) -> ModelStatus:
-        return pw.status(self.release, get_settings().weights_dir)
 
     def _load(self) -> None:
-        found = pw.ensure(self.release, get_settings().weights_dir)  # before importing paddle
+        found = pw.ensure(self.release, self.weights_dir())  # before importing paddle
         conf = read_config(found.config)
         import paddle
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from .base import ModelStatus, WeightsNotInstalled
+from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
 
 log = logging.getLogger(__name__)
 
@@ -403,3 +403,30 @@ def check_state_dict(expected: Mapping, state: Mapping, path: Path,
 def with_url(release: Release, url: str) -> Release:
     """A copy of ``release`` downloading from ``url`` (for tests and mirrors)."""
     return replace(release, url=url)
+
+
+class ReleaseModel(EmbeddingModel):
+    """A model whose weights are the PaddleSpeech release named like its ``info.name``.
+
+    ``status`` looks for them without downloading; subclasses call :func:`ensure` in ``_load``
+    and record the file they loaded in ``source``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._net = None
+        self._paddle = None
+        self.source: Path | None = None  # the params file that was loaded
+
+    @property
+    def release(self) -> Release:
+        return RELEASES[self.info.name]
+
+    @staticmethod
+    def weights_dir() -> Path:
+        from ..config import get_settings
+
+        return get_settings().weights_dir
+
+    def status(self) -> ModelStatus:
+        return status(self.release, self.weights_dir())

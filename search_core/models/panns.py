@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import get_settings
 from . import paddlespeech_weights as pw
-from .base import EmbeddingModel, ModelInfo, ModelStatus
+from .base import ModelInfo
 
 SAMPLE_RATE = 32000
 #: PaddleSpeech's cls feature settings (examples/esc50/cls0/conf/panns.yaml, cli/cls/infer.py).
@@ -90,27 +89,17 @@ def group_by_length(waveforms: list[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-class _Panns(EmbeddingModel):
+class _Panns(pw.ReleaseModel):
     """Shared implementation; subclasses set ``info`` and ``arch``."""
 
     arch: str
 
     def __init__(self) -> None:
         super().__init__()
-        self._net = None
         self._frontend = None
-        self._paddle = None
-        self.source: Path | None = None  # the params file that was loaded
-
-    @property
-    def release(self) -> pw.Release:
-        return pw.RELEASES[self.info.name]
-
-    def status(self) -> ModelStatus:
-        return pw.status(self.release, get_settings().weights_dir)
 
     def _load(self) -> None:
-        found = pw.ensure(self.release, get_settings().weights_dir)  # before importing paddle
+        found = pw.ensure(self.release, self.weights_dir())  # before importing paddle
         conf = feature_config(found.config)
         import paddle
 
