@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +57,20 @@ def write_wav(path: Path, y: np.ndarray, rate: int = 16000, subtype: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), y, rate, subtype=subtype)
     return path
+
+
+def cli_runner(data_dir: Path, timeout: float = 300):
+    """A function that runs ``python -m search_core ARGS`` on its own ``DATA_DIR``, checks the exit
+    code (``code``, default 0) and returns what it printed."""
+    env = {**os.environ, "DATA_DIR": str(data_dir), "SEARCH_CORE_OFFLINE": "1"}
+
+    def cli(*args: str, code: int = 0) -> str:
+        out = subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+        assert out.returncode == code, out.stderr[-2000:]
+        return out.stdout
+
+    return cli
 
 
 @pytest.fixture

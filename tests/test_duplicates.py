@@ -3,15 +3,13 @@ of the same recording is not; marks go with their clips; the CLI lists the group
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, SHARED_DATA, sound, write_wav
+from conftest import REPO, SHARED_DATA, cli_runner, sound, write_wav
 from search_core import duplicates
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -73,13 +71,7 @@ def test_ingest_marks_degraded_copies_but_not_another_take(service, tmp_path):
 def test_cli_ingest_reports_marks_and_lists_groups(tmp_path):
     y, rate = sf.read(str(ORIGINAL), dtype="float32")
     quiet = write_wav(tmp_path / "quiet copy.wav", y * 0.3, rate)
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SEARCH_CORE_OFFLINE": "1"}
-
-    def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout
+    cli = cli_runner(tmp_path / "data")
 
     out = cli("ingest", str(ORIGINAL), str(quiet), "--model", MODEL, "--quiet")
     assert "1 marked as near-duplicates" in out

@@ -4,38 +4,29 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import SHARED_DATA, cli_runner
 
 MODEL = "mfcc_stats"
 MANIFEST = SHARED_DATA / "esc50.csv"
 
 
-def run_cli(env, *args):
-    out = subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
-
-
 @pytest.mark.skipif(not MANIFEST.is_file(), reason=f"evaluation data not found at {MANIFEST}")
 def test_cli_indexes_esc50_and_neighbours_share_labels(tmp_path):
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SEARCH_CORE_OFFLINE": "1"}
-    out = run_cli(env, "ingest", "--manifest", str(MANIFEST), "--model", MODEL, "--quiet")
+    cli = cli_runner(tmp_path / "data", timeout=900)
+    out = cli("ingest", "--manifest", str(MANIFEST), "--model", MODEL, "--quiet")
     assert "211 added" in out
-    assert run_cli(env, "count", "--model", MODEL).strip() == "211"
+    assert cli("count", "--model", MODEL).strip() == "211"
 
     rows = list(csv.DictReader(open(MANIFEST)))
     labels = Counter(r["label"] for r in rows)
     # chance that a random other clip shares the query's label, averaged over queries
     chance = sum(n * (n - 1) for n in labels.values()) / (len(rows) * (len(rows) - 1))
     queries = rows[::7]  # 31 queries spread over the classes
-    out = run_cli(env, "search", *[str(SHARED_DATA / r["path"]) for r in queries], "--model", MODEL, "-k", "6",
+    out = cli("search", *[str(SHARED_DATA / r["path"]) for r in queries], "--model", MODEL, "-k", "6",
                   "--json")
     results = [json.loads(line)["hits"] for line in out.splitlines()]
     assert len(results) == len(queries)

@@ -3,13 +3,10 @@ SQL backends for the tag match), manifest import and the CLI."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, sound, write_wav
+from conftest import cli_runner, sound, write_wav
 from search_core import service as service_mod
 from search_core.service import LibraryService
 
@@ -86,13 +83,7 @@ def test_manifest_metadata_and_cli_filters(tmp_path):
     (folder / "manifest.csv").write_text("path,label,speaker,source,tags\n" + "".join(
         f"c{i}.wav,{'bird' if i < 3 else 'car'},spk{i % 2},{'web' if i % 2 else 'mic'},x;{'odd' if i % 2 else 'even'}\n"
         for i in range(6)))
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SEARCH_CORE_OFFLINE": "1"}
-
-    def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout
+    cli = cli_runner(tmp_path / "data")
 
     assert "6 added" in cli("ingest", "--manifest", str(folder / "manifest.csv"), "--model", MODEL, "--quiet")
     hits = json.loads(cli("search", str(folder / "c4.wav"), "--model", MODEL, "--json", "--label", "bird",

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import SHARED_DATA, cli_runner
 from search_core import speakers
 from search_core.service import LibraryService
 from search_core.speakers import UNKNOWN, decide, mean_embedding
@@ -94,13 +91,7 @@ def test_threshold_per_model_and_override(monkeypatch):
 
 @needs_data
 def test_cli_enrol_identify_speakers(tmp_path):
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SEARCH_CORE_OFFLINE": "1"}
-
-    def cli(*args, code=0):
-        out = subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == code, out.stderr[-2000:]
-        return out.stdout
+    cli = cli_runner(tmp_path / "data")
 
     assert "enrolled anna with mfcc_stats from 3 clip(s)" in cli("enrol", "anna", *map(str, _emodb("08", 3)),
                                                                  "--model", MODEL)
