@@ -9,9 +9,19 @@ Data flows one way::
       -> __main__.py (CLI) / app.py (Gradio UI, outside this package)
 """
 import os as _os
+import sys as _sys
 
 # Paddle pins OMP to one thread when the variable is unset; use the machine's cores instead.
 # This must happen before anything imports paddle.
 _os.environ.setdefault("OMP_NUM_THREADS", str(_os.cpu_count() or 1))
+
+# numpy/scipy's OpenBLAS threads only ever get small products here (mel filterbanks, cosine of a
+# few thousand vectors), and when they spin between calls they take the cores from the model's
+# oneDNN threads: a 5 s aiSFX query took 140 ms with them, 65 ms without (BENCHMARKS.md).
+if "OPENBLAS_NUM_THREADS" not in _os.environ:
+    _os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    if "numpy" in _sys.modules or "scipy" in _sys.modules:   # loaded already: limit it in place
+        from threadpoolctl import threadpool_limits as _limits
+        _limits(1, user_api="blas")
 
 __version__ = "0.1.0"

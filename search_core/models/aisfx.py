@@ -145,19 +145,16 @@ class AisfxModel(WheelCheckpointModel):
 
     weights = WEIGHTS
     checkpoint_prefix = _PREFIX
+    input_shape = (None, BLOCK_FRAMES, MEL_BINS)
 
     def _build_network(self, arrays: dict[str, np.ndarray]):
         return _build_network(arrays)
 
     def block_embeddings(self, batch: np.ndarray) -> np.ndarray:
         """(n, 100, 96) spectrogram blocks -> (n, 512) raw (unnormalised) block embeddings."""
-        import paddle
         self.load()
-        out = []
-        with paddle.no_grad():
-            for start in range(0, len(batch), MAX_BLOCKS_PER_PASS):
-                x = np.ascontiguousarray(batch[start:start + MAX_BLOCKS_PER_PASS], dtype=np.float32)
-                out.append(self._net(paddle.to_tensor(x)).numpy())
+        out = [self._run(batch[start:start + MAX_BLOCKS_PER_PASS])
+               for start in range(0, len(batch), MAX_BLOCKS_PER_PASS)]
         return np.concatenate(out) if out else np.zeros((0, CHANNELS[-1]), np.float32)
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:

@@ -167,16 +167,15 @@ class ResemblyzerModel(WheelCheckpointModel):
 
     weights = WEIGHTS
     checkpoint_prefix = _PREFIX
+    input_shape = (None, PARTIAL_FRAMES, MEL_BINS)
 
     def _build_network(self, arrays: dict[str, np.ndarray]):
         return _build_network(arrays)
 
     def partial_embeddings(self, mels: np.ndarray) -> np.ndarray:
         """(n, 160, 40) mel partials -> (n, 256) L2-normalised partial embeddings."""
-        import paddle
         self.load()
-        with paddle.no_grad():
-            raw = self._net(paddle.to_tensor(np.ascontiguousarray(mels, dtype=np.float32))).numpy()
+        raw = self._run(mels)
         return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:

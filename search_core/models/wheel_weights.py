@@ -16,7 +16,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
+from .paddle_infer import compile_network
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +111,18 @@ class WheelCheckpointModel(EmbeddingModel):
 
     weights: WheelMember
     checkpoint_prefix: str = ""
+    input_shape: tuple = ()   # the network input, None for free dimensions
+
+    def probe_input(self) -> np.ndarray:
+        """A fixed input of ``input_shape`` to check the compiled network against the eager one."""
+        shape = [2 if d is None else d for d in self.input_shape]
+        return np.random.default_rng(0).random(shape, dtype=np.float32)
 
     def __init__(self, weights_dir: Path | None = None) -> None:
         super().__init__()
         self._weights_dir = Path(weights_dir) if weights_dir is not None else None
         self._net = None
+        self._run = None   # numpy -> numpy: the network, compiled (see paddle_infer) or eager
 
     @property
     def weights_dir(self) -> Path:
@@ -143,6 +153,8 @@ class WheelCheckpointModel(EmbeddingModel):
         except (CheckpointError, OSError) as e:
             raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
         self._net = self._build_network(arrays)
+        self._run = compile_network(self._net, self.input_shape, self.probe_input(),
+                                    self.weights_dir / "compiled", f"{self.info.name}-{self.weights.sha256[:12]}")
 
     def _build_network(self, arrays: dict):
         raise NotImplementedError
