@@ -25,7 +25,18 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """This process' peak resident set size (Linux ru_maxrss is in KiB)."""
+    """This process' peak resident set size in MB: VmHWM, the high-water mark of its own memory.
+
+    Not ``getrusage().ru_maxrss``: Linux carries that over from the parent's image across
+    fork + exec, so a child started by a big benchmark process reported the parent's size (a
+    3.35 GB "peak" for an app process that never exceeded 1.4 GB, BENCHMARKS.md).
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 

@@ -158,36 +158,64 @@ def curve(svc, model: str, X: np.ndarray, Q: np.ndarray, settings, ivf_nlist: in
     return out
 
 
+def rss_now() -> float:
+    """This process' current resident set size in MB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024.0, 1)
+    return float("nan")
+
+
+class PhasePeaks:
+    """Samples the resident set size every 20 ms and keeps the peak of each named phase."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase, self.peaks = "imports", {}
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            p = self.phase
+            self.peaks[p] = max(self.peaks.get(p, 0.0), rss_now())
+            time.sleep(0.02)
+
+    def enter(self, phase: str) -> None:
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss_now())
+        self.phase = phase
+
+
 def rss_child(data_dir: str, model: str, queries: int) -> None:
     """Run in a fresh process: what the app's engine costs on the filled store."""
     t0 = time.perf_counter()
+    peaks = PhasePeaks()
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
-    def rss_now() -> float:  # current resident set size in MB
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-        return float("nan")
-
     base = rss_now()
+    peaks.enter("startup")
     svc = LibraryService(temporary_settings(data_dir))  # includes start-up recovery
     startup = time.perf_counter() - t0
     after_start = rss_now()
     wavs = sorted(Path(data_dir, "queries").glob("*.wav"))
+    peaks.enter("model")
     t1 = time.perf_counter()
     svc.embed_query(wavs[0], model)  # model load + first-call warm-up (numba, kernels)
     model_s = time.perf_counter() - t1
     after_model = rss_now()
+    peaks.enter("searches")
     t1 = time.perf_counter()
     svc.search(wavs[0], model, 10)
     first = time.perf_counter() - t1
     secs, _ = time_calls(lambda p: svc.search(p, model, 10), (wavs * 10)[:queries])
+    peaks.enter("end")
     print(json.dumps({"startup_s": round(startup, 2), "model_load_and_warmup_s": round(model_s, 2),
                       "first_search_s": round(first, 2),
                       "count": svc.vectors.count(model), "end_to_end": percentiles(secs),
                       "peak_rss_mb": peak_rss_mb(), "rss_mb": {"imports": base, "after_startup": after_start,
-                                                               "after_model": after_model, "end": rss_now()}}))
+                                                               "after_model": after_model, "end": rss_now()},
+                      "peak_rss_mb_by_phase": {k: round(v, 1) for k, v in peaks.peaks.items()}}))
 
 
 def main() -> None:
