@@ -7,6 +7,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TSTAMP  := $(VENV)/.test-installed
 PADDLESPEECH := paddlespeech==1.5.0
+# paddle2onnx pins onnx<=1.17 but works with requirements.txt's onnx (tests/test_compiled.py)
+PADDLE2ONNX  := paddle2onnx==2.1.0
 
 .PHONY: run test venv test-deps mariadb benchmark clean
 
@@ -14,7 +16,7 @@ $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(PADDLESPEECH)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(PADDLESPEECH) $(PADDLE2ONNX)
 	touch $@
 
 venv: $(STAMP)

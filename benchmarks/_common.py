@@ -76,3 +76,20 @@ def save(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2))
     return path
+
+
+def eager_twin(model):
+    """A second instance of ``model`` whose network runs eagerly, or None if it has no compiled path."""
+    if not getattr(getattr(model, "_run", None), "compiled", False):
+        return None
+    old = os.environ.get("PADDLE_COMPILE")
+    os.environ["PADDLE_COMPILE"] = "0"
+    try:
+        twin = type(model)().load()
+    finally:
+        if old is None:
+            del os.environ["PADDLE_COMPILE"]
+        else:
+            os.environ["PADDLE_COMPILE"] = old
+    assert not twin._run.compiled
+    return twin

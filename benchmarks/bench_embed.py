@@ -11,7 +11,38 @@ import argparse
 import json
 import time
 
-from _common import RESULTS, machine, peak_rss_mb, save, synthetic_clip
+from _common import RESULTS, eager_twin, machine, peak_rss_mb, save, synthetic_clip
+
+
+def python_slowdown(model, waves: list) -> float:
+    """How much slower a pure-Python loop runs while another thread embeds (1 = not at all).
+
+    A model whose native code holds the GIL stalls every other thread of the app (web server,
+    other searches) for as long as a batch takes: that shows as a slowdown of 10x or more here.
+    """
+    import threading
+
+    def loop() -> float:
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        return time.perf_counter() - t0
+
+    alone = loop()
+    stop = threading.Event()
+
+    def embed_until_stopped() -> None:
+        while not stop.is_set():
+            model.embed(waves[:4])
+
+    worker = threading.Thread(target=embed_until_stopped)
+    worker.start()
+    time.sleep(0.3)
+    during = loop()
+    stop.set()
+    worker.join()
+    return round(during / alone, 2)
 
 
 def bench_model(name: str, clips: int, batch: int) -> dict:
@@ -35,9 +66,19 @@ def bench_model(name: str, clips: int, batch: int) -> dict:
     t0 = time.perf_counter()
     m.embed(waves, batch_size=batch)
     batched = clips / (time.perf_counter() - t0)
-    return {"dim": m.info.dim, "rate": rate, "load_s": round(load_s, 2), "clips": clips, "batch": batch,
-            "single_clips_per_s": round(single, 2), "batched_clips_per_s": round(batched, 2),
-            "peak_rss_mb": peak_rss_mb()}
+    out = {"dim": m.info.dim, "rate": rate, "load_s": round(load_s, 2), "clips": clips, "batch": batch,
+           "single_clips_per_s": round(single, 2), "batched_clips_per_s": round(batched, 2),
+           "peak_rss_mb": peak_rss_mb(), "python_thread_slowdown": python_slowdown(m, waves)}
+    eager = eager_twin(m)   # the same network run eagerly (Paddle dygraph): the before of the compiled path
+    if eager is not None:
+        eager.embed(waves[:2])
+        n = min(clips, 8)
+        t0 = time.perf_counter()
+        for w in waves[:n]:
+            eager.embed([w])
+        out["eager_single_clips_per_s"] = round(n / (time.perf_counter() - t0), 2)
+        out["compiled_speedup"] = round(single / out["eager_single_clips_per_s"], 2)
+    return out
 
 
 def main() -> None:

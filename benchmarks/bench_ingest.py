@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, machine, save, write_clips
+from _common import RESULTS, SHARED_DATA, eager_twin, machine, save, write_clips
 
 
 def baseline_ingest(paths: list[Path], model, folder: Path) -> float:
@@ -58,23 +57,6 @@ def baseline_ingest(paths: list[Path], model, folder: Path) -> float:
     client.close()
     engine.dispose()
     return seconds
-
-
-def eager_twin(model):
-    """A second instance of ``model`` whose network runs eagerly, or None if it has no compiled path."""
-    if not getattr(getattr(model, "_run", None), "compiled", False):
-        return None
-    old = os.environ.get("PADDLE_INFERENCE")
-    os.environ["PADDLE_INFERENCE"] = "0"
-    try:
-        twin = type(model)().load()
-    finally:
-        if old is None:
-            del os.environ["PADDLE_INFERENCE"]
-        else:
-            os.environ["PADDLE_INFERENCE"] = old
-    assert not twin._run.compiled
-    return twin
 
 
 def product_ingest(paths: list[Path], model_name: str, folder: Path) -> tuple[float, int]:

@@ -40,13 +40,15 @@ def eval_table() -> str:
 def speed_tables() -> str:
     out = []
     e = json.loads((RESULTS / "embed.json").read_text())["models"]
-    out.append("| model | dim | single clips/s | batched clips/s (16) | load avg |\n|---|---|---|---|---|")
+    out.append("| model | dim | single clips/s | batched clips/s (16) | eager Paddle single clips/s | speed-up | "
+               "other threads slowed | load avg |\n|---|---|---|---|---|---|---|---|")
     for name, r in e.items():
         if "skipped" in r:
-            out.append(f"| `{name}` | – | skipped: {r['skipped'][:60]} | | |")
+            out.append(f"| `{name}` | – | skipped: {r['skipped'][:60]} | | | | | |")
         else:
             out.append(f"| `{name}` | {r['dim']} | {r['single_clips_per_s']} | {r['batched_clips_per_s']} | "
-                       f"{r['machine']['load_avg_1m']} |")
+                       f"{r.get('eager_single_clips_per_s', '–')} | {r.get('compiled_speedup', '–')} | "
+                       f"×{r.get('python_thread_slowdown', '–')} | {r['machine']['load_avg_1m']} |")
     ing = RESULTS / "ingest.json"
     if ing.exists():
         out.append("\n| run | files | seed design files/s | product files/s | ratio | seed design with the "

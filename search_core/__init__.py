@@ -16,8 +16,8 @@ import sys as _sys
 _os.environ.setdefault("OMP_NUM_THREADS", str(_os.cpu_count() or 1))
 
 # numpy/scipy's OpenBLAS threads only ever get small products here (mel filterbanks, cosine of a
-# few thousand vectors), and when they spin between calls they take the cores from the model's
-# oneDNN threads: a 5 s aiSFX query took 140 ms with them, 65 ms without (BENCHMARKS.md).
+# few thousand vectors), and when they spin between calls they take the cores from the model's own
+# threads (ONNX Runtime, Paddle): a 5 s aiSFX query took 140 ms with them, 65 ms without.
 if "OPENBLAS_NUM_THREADS" not in _os.environ:
     _os.environ["OPENBLAS_NUM_THREADS"] = "1"
     if "numpy" in _sys.modules or "scipy" in _sys.modules:   # loaded already: limit it in place

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
-from .paddle_infer import compile_network
+from .compiled import compile_network
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class WheelCheckpointModel(EmbeddingModel):
         super().__init__()
         self._weights_dir = Path(weights_dir) if weights_dir is not None else None
         self._net = None
-        self._run = None   # numpy -> numpy: the network, compiled (see paddle_infer) or eager
+        self._run = None   # numpy -> numpy: the network, compiled (see compiled) or eager
 
     @property
     def weights_dir(self) -> Path:

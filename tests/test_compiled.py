@@ -1,11 +1,11 @@
-"""The compiled (Paddle Inference + oneDNN) path the Paddle models run on, and its fallbacks."""
+"""The compiled path (Paddle -> ONNX -> ONNX Runtime) the Paddle ports run on, and its fallbacks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import search_core  # noqa: F401  (sets OMP_NUM_THREADS before paddle is imported)
-from search_core.models import paddle_infer
+from search_core.models import compiled
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,9 @@ def _inputs(n):
 
 
 def test_compiled_network_equals_eager_for_any_batch_and_is_cached(net, tmp_path, monkeypatch):
-    run = paddle_infer.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-abc")
+    run = compiled.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-abc")
     assert run.compiled
-    eager = paddle_infer.eager_runner(net)
+    eager = compiled.eager_runner(net)
     for n in (1, 3, 7):
         np.testing.assert_allclose(run(_inputs(n)), eager(_inputs(n)), rtol=1e-4, atol=1e-5)
     folders = [p.name for p in tmp_path.iterdir()]
@@ -51,22 +51,22 @@ def test_compiled_network_equals_eager_for_any_batch_and_is_cached(net, tmp_path
         raise AssertionError("the exported program should have been reused")
 
     monkeypatch.setattr(paddle.jit, "save", no_export)
-    again = paddle_infer.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-abc")
+    again = compiled.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-abc")
     assert again.compiled
     np.testing.assert_allclose(again(_inputs(4)), eager(_inputs(4)), rtol=1e-4, atol=1e-5)
 
 
 def test_a_compiled_program_that_disagrees_is_dropped_for_the_eager_network(net, tmp_path, monkeypatch, capsys):
-    def wrong(program, params, threads=None):
+    def wrong(path, threads=None):
         def run(x):
             return np.zeros((len(x), 5), np.float32) + 1.0
         run.compiled = True
         return run
 
-    monkeypatch.setattr(paddle_infer, "predictor_runner", wrong)
-    run = paddle_infer.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-bad")
+    monkeypatch.setattr(compiled, "onnx_runner", wrong)
+    run = compiled.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-bad")
     assert not run.compiled
-    np.testing.assert_allclose(run(_inputs(2)), paddle_infer.eager_runner(net)(_inputs(2)))
+    np.testing.assert_allclose(run(_inputs(2)), compiled.eager_runner(net)(_inputs(2)))
     assert "differs from the eager network" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []          # the bad export is not kept for next time
 
@@ -75,13 +75,13 @@ def test_an_export_failure_falls_back_to_eager(net, tmp_path, monkeypatch, capsy
     def broken(*a, **k):
         raise RuntimeError("operator not supported")
 
-    monkeypatch.setattr(paddle_infer, "export", broken)
-    run = paddle_infer.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-x")
+    monkeypatch.setattr(compiled, "export", broken)
+    run = compiled.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-x")
     assert not run.compiled and run(_inputs(1)).shape == (1, 5)
     assert "operator not supported" in capsys.readouterr().err
 
 
-def test_paddle_inference_0_keeps_the_eager_network(net, tmp_path, monkeypatch):
-    monkeypatch.setenv("PADDLE_INFERENCE", "0")
-    run = paddle_infer.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-off")
+def test_compiledence_0_keeps_the_eager_network(net, tmp_path, monkeypatch):
+    monkeypatch.setenv("PADDLE_COMPILE", "0")
+    run = compiled.compile_network(net, (None, 20, 12), _inputs(2), tmp_path, "small-off")
     assert not run.compiled and list(tmp_path.iterdir()) == []
