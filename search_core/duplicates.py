@@ -159,45 +159,60 @@ def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: 
     not older than it (a clip is a copy of an earlier one, even within one ingest batch). At most
     :data:`MAX_CANDIDATES`.
     """
-    vecs = np.atleast_2d(np.asarray(vecs, dtype=np.float32))
-    if len(vecs) == 0:
-        return []
-    raw = svc.vectors.search(model, vecs, fetch + 8)
+    return candidates_many(svc, model, [(vecs, duration_s, exclude_clip, before_clip)], fetch)[0]
+
+
+def candidates_many(svc: "LibraryService", model: str,
+                    queries: list[tuple[np.ndarray, float, int | None, int | None]], fetch: int = 10) -> list[list[Match]]:
+    """:func:`candidates` for several clips ``(vecs, duration_s, exclude_clip, before_clip)`` at once:
+    one vector search and one metadata query for all of them (an ingest batch)."""
+    rows = [np.atleast_2d(np.asarray(q[0], dtype=np.float32)) for q in queries]
+    if not rows or sum(len(r) for r in rows) == 0:
+        return [[] for _ in queries]
+    raw = svc.vectors.search(model, np.concatenate([r for r in rows if len(r)]), fetch + 8)
     refs = svc.meta.ready_refs(sorted({h.id for hits in raw for h in hits}))
-    per_clip: dict[int, np.ndarray] = {}
-    clips: dict[int, ClipRow] = {}
-    for q, hits in enumerate(raw):
-        for h in hits:
-            ref = refs.get(h.id)
-            if ref is None or ref.clip.id == exclude_clip or (before_clip is not None and ref.clip.id >= before_clip):
-                continue
-            best = per_clip.setdefault(ref.clip.id, np.full(len(vecs), -1.0))
-            best[q] = max(best[q], h.score)
-            clips[ref.clip.id] = ref.clip
     gate = CANDIDATE_GATES.get(model, DEFAULT_GATE)
-    out = []
-    for cid, best in per_clip.items():
-        other = clips[cid].duration_s
-        ratio = max(other, duration_s) / max(min(other, duration_s), 1e-6)
-        score = float(best.mean())
-        if ratio <= MAX_DURATION_RATIO and score >= gate:
-            out.append(Match(clips[cid], score))
-    return sorted(out, key=lambda m: -m.score)[:MAX_CANDIDATES]
+    out, start = [], 0
+    for (_, duration_s, exclude_clip, before_clip), r in zip(queries, rows):
+        mine, start = raw[start:start + len(r)], start + len(r)
+        per_clip: dict[int, np.ndarray] = {}
+        clips: dict[int, ClipRow] = {}
+        for q, hits in enumerate(mine):
+            for h in hits:
+                ref = refs.get(h.id)
+                if ref is None or ref.clip.id == exclude_clip or (before_clip is not None
+                                                                  and ref.clip.id >= before_clip):
+                    continue
+                best = per_clip.setdefault(ref.clip.id, np.full(len(r), -1.0))
+                best[q] = max(best[q], h.score)
+                clips[ref.clip.id] = ref.clip
+        found = []
+        for cid, best in per_clip.items():
+            other = clips[cid].duration_s
+            ratio = max(other, duration_s) / max(min(other, duration_s), 1e-6)
+            score = float(best.mean())
+            if ratio <= MAX_DURATION_RATIO and score >= gate:
+                found.append(Match(clips[cid], score))
+        out.append(sorted(found, key=lambda m: -m.score)[:MAX_CANDIDATES])
+    return out
 
 
 def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.ndarray, rate: int,
                exclude_clip: int | None = None, before_clip: int | None = None,
-               fp: np.ndarray | None = None, cache: FingerprintCache | None = None) -> Match | None:
+               fp: np.ndarray | None = None, cache: FingerprintCache | None = None,
+               found: list[Match] | None = None) -> Match | None:
     """The candidate whose fingerprint correlates best with the clip's (``score`` = correlation).
 
-    ``fp`` is the clip's own fingerprint if already computed; ``cache`` holds candidates' ones.
+    ``fp`` is the clip's own fingerprint if already computed; ``cache`` holds candidates' ones;
+    ``found`` the clip's :func:`candidates` if already looked up.
     """
     from . import audio as audio_mod
 
     duration = len(samples) / rate
     if duration > MAX_FINGERPRINT_S:
         return None
-    found = candidates(svc, model, vecs, duration, exclude_clip, before_clip=before_clip)
+    if found is None:
+        found = candidates(svc, model, vecs, duration, exclude_clip, before_clip=before_clip)
     if not found:
         return None
     fp = fingerprint(samples, rate) if fp is None else fp

@@ -281,10 +281,11 @@ class LibraryService:
                 entries.append((pos, p, bounds, emb[offset:offset + len(bounds)]))
                 offset += len(bounds)
             shas = {pos: p["sha"] for pos, p, _ in todo}
-            for pos, item, vecs, a in self._write_batch(entries, metadata, model):
+            written = self._write_batch(entries, metadata, model)
+            added = [(item, vecs, a, shas[pos]) for pos, item, vecs, a in written if item.status == "added"]
+            for pos, item, _vecs, _a in written:
                 items[pos] = item
-                if item.status == "added":
-                    self._mark_near_duplicate(item, model, vecs, a, shas[pos])
+            self._mark_near_duplicates(added, model)
         return [i for i in items if i is not None]
 
     def _write_batch(self, entries: list, metadata: list[dict], model: str) -> list:
@@ -347,24 +348,26 @@ class LibraryService:
         except Exception:
             pass
 
-    def _mark_near_duplicate(self, item: IngestItem, model: str, vecs: np.ndarray, a: audio_mod.Audio,
-                             sha256: str) -> None:
-        """Mark a just-added clip as a near-duplicate of its best match if that reaches the threshold
-        (see :mod:`search_core.duplicates`). ``NEAR_DUPLICATE_CHECK=0`` turns the check off."""
+    def _mark_near_duplicates(self, added: list, model: str) -> None:
+        """Mark each just-added clip ``(item, vecs, audio, sha256)`` as a near-duplicate of its best
+        match if that reaches the threshold (see :mod:`search_core.duplicates`); the candidates of
+        the whole batch come from one vector search. ``NEAR_DUPLICATE_CHECK=0`` turns it off."""
         if os.environ.get("NEAR_DUPLICATE_CHECK", "1").strip().lower() in {"0", "false", "no", "off"}:
             return
-        fp = None
-        if a.duration_s <= duplicates.MAX_FINGERPRINT_S:
+        added = [x for x in added if x[2].duration_s <= duplicates.MAX_FINGERPRINT_S]
+        found = duplicates.candidates_many(self, model, [(vecs, a.duration_s, None, item.clip_id)
+                                                         for item, vecs, a, _sha in added])
+        for (item, vecs, a, sha256), cands in zip(added, found):
             fp = duplicates.fingerprint(a.samples, a.sample_rate)  # from memory: no decode
             self.fingerprints.put(item.clip_id, sha256, fp)
-        match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, before_clip=item.clip_id,
-                                      fp=fp, cache=self.fingerprints)
-        if match is not None and match.score >= duplicates.threshold_for(model):
-            # a copy of a copy is marked against the group's original, so that deleting one
-            # copy leaves the others marked
-            of = self.meta.near_duplicate_of(match.clip.id, model) or match.clip.id
-            self.meta.mark_near_duplicate(item.clip_id, model, of, match.score)
-            item.duplicate_of, item.duplicate_score = of, match.score
+            match = duplicates.best_match(self, model, vecs, a.samples, a.sample_rate, before_clip=item.clip_id,
+                                          fp=fp, cache=self.fingerprints, found=cands)
+            if match is not None and match.score >= duplicates.threshold_for(model):
+                # a copy of a copy is marked against the group's original, so that deleting one
+                # copy leaves the others marked
+                of = self.meta.near_duplicate_of(match.clip.id, model) or match.clip.id
+                self.meta.mark_near_duplicate(item.clip_id, model, of, match.score)
+                item.duplicate_of, item.duplicate_score = of, match.score
 
     def duplicate_groups(self, model: str | None = None) -> list[duplicates.DuplicateGroup]:
         """Groups of near-duplicate clips (marked at ingest), largest first, per model."""
