@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("SEARCH_CORE_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
 
 from search_core.config import get_settings  # noqa: E402
 from search_core.metadata import READY, clips, utcnow, vectors  # noqa: E402

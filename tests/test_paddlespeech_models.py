@@ -356,6 +356,7 @@ def test_cnn6_embedding_matches_paddlespeech_and_is_deterministic(env, ckpt):
     assert np.allclose(e1[1], unit(direct_cnn6(ckpt["cnn6_state"], b)), atol=1e-5)
     assert np.allclose(model.embed([b])[0], e1[1], atol=1e-6)  # batching changes nothing
     assert float(e1[0] @ e1[1]) < 0.9999
+    assert model._run.compiled  # the figures above came from the compiled graph, not a fallback
 
 
 @pytest.mark.parametrize("where", ECAPA_PLACES)
@@ -381,6 +382,7 @@ def test_ecapa_embedding_matches_paddlespeech_and_is_deterministic(env, ckpt):
     assert np.allclose(e1[0], unit(direct_ecapa(ckpt["ecapa_state"], a)), atol=1e-4)
     assert np.allclose(e1[1], unit(direct_ecapa(ckpt["ecapa_state"], b)), atol=1e-4)
     assert float(e1[0] @ e1[1]) < 0.9999
+    assert model._run.compiled
 
 
 # -- bad files ----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 from pathlib import Path
 from urllib.parse import quote, urlparse
 

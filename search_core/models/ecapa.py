@@ -93,6 +93,23 @@ def fbank(waveform: np.ndarray, conf: dict) -> np.ndarray:
     return feat - feat.mean(axis=-1, keepdims=True)
 
 
+def _full_length(net):
+    """``net`` with every input taken at full length (one argument, for the compiled graph)."""
+    import paddle
+
+    class FullLength(paddle.nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, feats):                   # (batch, n_mels, frames)
+            return self.net(feats, paddle.ones([paddle.shape(feats)[0]])).squeeze(-1)
+
+    layer = FullLength()
+    layer.eval()
+    return layer
+
+
 class EcapaTdnn(pw.ReleaseModel):
     """Speaker embedding of PaddleSpeech's ECAPA-TDNN trained on VoxCeleb1+2 (7205 speakers)."""
 
@@ -119,11 +136,11 @@ class EcapaTdnn(pw.ReleaseModel):
         self._net, self._conf, self._paddle, self.source = net, conf, paddle, found.params
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
-        paddle = self._paddle
         out = np.zeros((len(waveforms), self.info.dim), dtype=np.float32)
-        with paddle.no_grad():
-            for idx in group_by_length(waveforms):
-                feats = paddle.to_tensor(np.stack([fbank(waveforms[i], self._conf) for i in idx]))
-                lengths = paddle.ones([len(idx)])
-                out[idx] = self._net(feats, lengths).squeeze(-1).numpy()
+        if self._run is None:
+            n_mels = int(self._conf["n_mels"])
+            probe = np.random.default_rng(0).standard_normal((2, n_mels, 201)).astype(np.float32)
+            self._run = self.compiled(_full_length(self._net), (None, n_mels, None), probe)
+        for idx in group_by_length(waveforms):
+            out[idx] = self._run(np.stack([fbank(waveforms[i], self._conf) for i in idx]))
         return out

@@ -27,9 +27,12 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compiled import Runner
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +418,7 @@ class ReleaseModel(EmbeddingModel):
     def __init__(self) -> None:
         super().__init__()
         self._net = None
+        self._run = None    # the network compiled on first embed (numpy -> numpy), or eager
         self._paddle = None
         self.source: Path | None = None  # the params file that was loaded
 
@@ -430,3 +434,12 @@ class ReleaseModel(EmbeddingModel):
 
     def status(self) -> ModelStatus:
         return status(self.release, self.weights_dir())
+
+    def compiled(self, net, input_shape: tuple, probe) -> "Runner":
+        """``net`` as a compiled graph (see :mod:`.compiled`), cached under the weights folder by
+        the loaded params file's path, size and time, so replaced weights are converted again."""
+        from .compiled import compile_network
+
+        st = self.source.stat()
+        key = hashlib.sha1(f"{self.source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return compile_network(net, input_shape, probe, self.weights_dir() / "compiled", f"{self.info.name}-{key}")

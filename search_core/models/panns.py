@@ -30,6 +30,7 @@ FEATURE_DEFAULTS = {
 }
 #: The deepest network (CNN14) halves the time axis 5 times: it needs >= 32 frames.
 MIN_SAMPLES = 32 * FEATURE_DEFAULTS["hop_length"]
+PROBE_FRAMES = 301   # a 3 s probe input to check the compiled network against the eager one
 
 
 def feature_config(config_path: Path | None) -> dict:
@@ -109,6 +110,7 @@ class _Panns(pw.ReleaseModel):
         net.set_state_dict(state)
         net.eval()
         self._frontend = build_frontend(conf)
+        self._n_mels = int(conf["n_mels"])
         self._frontend.eval()
         self._net = net
         self.source = found.params
@@ -117,12 +119,16 @@ class _Panns(pw.ReleaseModel):
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
         paddle = self._paddle
         out = np.zeros((len(waveforms), self.info.dim), dtype=np.float32)
+        if self._run is None:
+            n_mels = self._n_mels
+            probe = np.random.default_rng(0).standard_normal((2, 1, PROBE_FRAMES, n_mels)).astype(np.float32)
+            self._run = self.compiled(self._net, (None, 1, None, n_mels), probe)
         with paddle.no_grad():
             for idx in group_by_length(waveforms):
                 x = paddle.to_tensor(np.stack([waveforms[i] for i in idx]).astype(np.float32))
                 feats = self._frontend(x)                               # [B, n_mels, T]
                 feats = paddle.transpose(feats, [0, 2, 1]).unsqueeze(1)  # [B, 1, T, n_mels]
-                out[idx] = self._net(feats).numpy()
+                out[idx] = self._run(feats.numpy())
         return out
 
 
