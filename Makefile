@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make run    set up (virtualenv, pinned requirements, paddlespeech --no-deps) and start the app
+#   make run    set up (virtualenv, pinned requirements, paddlespeech + paddle2onnx --no-deps) and start the app
 #   make test   set up (plus test tools, Chromium, MariaDB running) and run the tests
 PY      ?= python3
 VENV    ?= .venv
