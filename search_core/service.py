@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -207,7 +207,7 @@ class LibraryService:
                      names: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
                      progress: ProgressFn | None = None, batch_size: int = 16,
                      workers: int = 2) -> IngestReport:
-        """Ingest many files in batches: decode in a thread pool, embed a batch, write a batch.
+        """Ingest many files in batches: decode the next batch in a thread pool, embed this one, write the last one.
 
         A bad file is reported (name and reason) and skipped; the others are indexed.
         ``names`` are display names (default: each file's base name); ``metadata`` holds per
@@ -224,22 +224,34 @@ class LibraryService:
         report = IngestReport(model)
         total = len(paths)
         done = 0
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+        def finish(storing: Future) -> None:
+            nonlocal done
+            items = storing.result()  # a failed write raises here, after what it rolled back
+            report.items.extend(items)
+            done += len(items)
+            if progress:
+                progress(done, total, items[-1].name if items else "")
+
+        # three stages overlap: the next batch is decoded (thread pool) and the current one embedded
+        # (here) while the previous one is written (one writer thread, so writes keep their order)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
             def submit(start: int) -> list:
                 return [pool.submit(self._prepare, paths[i], names[i], m)
                         for i in range(start, min(start + batch_size, total))]
 
             ahead = submit(0) if total else []
+            storing: Future | None = None
             for start in range(0, total, batch_size):
                 idx = range(start, min(start + batch_size, total))
                 prepared = [f.result() for f in ahead]
-                # decode the next batch while this one is embedded and written
                 ahead = submit(start + batch_size) if start + batch_size < total else []
-                items = self._index_batch(prepared, [metadata[i] for i in idx], m)
-                report.items.extend(items)
-                done += len(items)
-                if progress:
-                    progress(done, total, items[-1].name if items else "")
+                staged = self._embed_batch(prepared, m)
+                if storing is not None:
+                    finish(storing)
+                storing = writer.submit(self._store_batch, staged, [metadata[i] for i in idx], model)
+            if storing is not None:
+                finish(storing)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -256,36 +268,51 @@ class LibraryService:
             return IngestItem(name, "error", message=f"{name}: cannot read file ({err.strerror or err})")
         return {"path": Path(path), "name": name, "audio": a, "sha": sha}
 
-    def _index_batch(self, prepared: list, metadata: list[dict], m: EmbeddingModel) -> list[IngestItem]:
+    def _embed_batch(self, prepared: list, m: EmbeddingModel) -> list:
+        """Embed a decoded batch (no writes). Returns per file an :class:`IngestItem` (error, or
+        content already indexed) or ``(prep, segment bounds, vectors)``."""
         model = m.info.name
-        items: list[IngestItem | None] = [p if isinstance(p, IngestItem) else None for p in prepared]
-        todo = []  # (position, prep, segments bounds)
+        staged: list = []
+        todo = []  # (position, prep, segment bounds)
         seen: set[str] = set()
-        for pos, p in enumerate(prepared):
-            if items[pos] is not None:
+        for p in prepared:
+            if isinstance(p, IngestItem):
+                staged.append(p)
                 continue
             existing = self.meta.clip_by_sha(p["sha"])
             if (existing and self.meta.has_ready(existing.id, model)) or p["sha"] in seen:
                 cid = existing.id if existing else None
-                items[pos] = IngestItem(p["name"], "exists", cid, f"{p['name']}: already in the library")
+                staged.append(IngestItem(p["name"], "exists", cid, f"{p['name']}: already in the library"))
                 continue
             seen.add(p["sha"])
             a = p["audio"]
             bounds = audio_mod.segment_bounds(len(a.samples), a.sample_rate, *segment_params(m.info))
-            todo.append((pos, p, bounds))
+            todo.append((len(staged), p, bounds))
+            staged.append(None)
         if todo:
-            waves = [p["audio"].samples[s:e] for _, p, bounds in todo for s, e in bounds]
-            emb = m.embed(waves)
-            entries, offset = [], 0
+            emb = m.embed([p["audio"].samples[s:e] for _, p, bounds in todo for s, e in bounds])
+            offset = 0
             for pos, p, bounds in todo:
-                entries.append((pos, p, bounds, emb[offset:offset + len(bounds)]))
+                staged[pos] = (p, bounds, emb[offset:offset + len(bounds)])
                 offset += len(bounds)
-            shas = {pos: p["sha"] for pos, p, _ in todo}
+        return staged
+
+    def _store_batch(self, staged: list, metadata: list[dict], model: str) -> list[IngestItem]:
+        """Write an embedded batch (see :meth:`_write_batch`), then mark its near-duplicates."""
+        items: list[IngestItem | None] = [x if isinstance(x, IngestItem) else None for x in staged]
+        entries = [(pos, p, bounds, vecs) for pos, x in enumerate(staged) if not isinstance(x, IngestItem)
+                   for p, bounds, vecs in [x]]
+        if entries:
             written = self._write_batch(entries, metadata, model)
-            added = [(item, vecs, a, shas[pos]) for pos, item, vecs, a in written if item.status == "added"]
+            shas = {pos: p["sha"] for pos, p, _b, _v in entries}
             for pos, item, _vecs, _a in written:
+                if item.status == "exists" and item.clip_id is None:  # written by the batch before
+                    known = self.meta.clip_by_sha(shas[pos])
+                    item.clip_id = known.id if known else None
+                    item.message = item.message or f"{item.name}: already in the library"
                 items[pos] = item
-            self._mark_near_duplicates(added, model)
+            self._mark_near_duplicates([(item, vecs, a, shas[pos]) for pos, item, vecs, a in written
+                                        if item.status == "added"], model)
         return [i for i in items if i is not None]
 
     def _write_batch(self, entries: list, metadata: list[dict], model: str) -> list:
