@@ -51,6 +51,19 @@ def test_same_content_twice_is_one_clip(service, clips, tmp_path):
     assert len(list(service.library_dir.iterdir())) == 3
 
 
+def test_a_copy_in_the_next_batch_is_one_clip_with_the_first_ones_id(service, clips, tmp_path):
+    # batch 2 is embedded while batch 1 is still being written, so the copy is only caught at write
+    # time: it must still come out as "exists" with the original's id, and no second file or row
+    copy = tmp_path / "copy of sound_0.wav"
+    copy.write_bytes(clips[0].read_bytes())
+    rep = service.ingest_files([clips[0], copy, clips[1]], MODEL, batch_size=1)
+    assert [i.status for i in rep.items] == ["added", "exists", "added"]
+    assert rep.items[1].clip_id == rep.items[0].clip_id is not None
+    assert "already in the library" in rep.items[1].message
+    assert service.count(MODEL) == 2
+    assert len(list(service.library_dir.iterdir())) == 2
+
+
 def test_bad_file_in_batch_is_reported_and_the_rest_indexed(service, clips, tmp_path):
     bad = tmp_path / "not_audio.wav"
     bad.write_bytes(b"this is not a wav file at all" * 10)
