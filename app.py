@@ -31,7 +31,7 @@ import soundfile as sf
 from search_core import audio as audio_mod
 from search_core import plots
 from search_core.audio import AudioError
-from search_core.config import Settings, get_settings
+from search_core.config import Settings, env_flag, get_settings
 from search_core.models import WeightsNotInstalled, describe, get_model
 from search_core.service import LibraryService
 
@@ -94,7 +94,7 @@ def access_from_env(share: bool, prompt: bool = True) -> Access:
     """
     user = os.environ.get("ADMIN_USER", "admin").strip() or "admin"
     password = os.environ.get("ADMIN_PASSWORD") or None
-    public = os.environ.get("PUBLIC_SEARCH", "true").strip().lower() not in {"0", "false", "no", "off"}
+    public = env_flag("PUBLIC_SEARCH")
     if share and password is None:
         if prompt and sys.stdin is not None and sys.stdin.isatty():
             password = getpass.getpass(f"admin password for user {user!r} (library changes over the public link): ")

@@ -35,6 +35,15 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
 
 
+def env_flag(name: str, default: bool = True) -> bool:
+    """An on/off switch from the environment: ``0``, ``false``, ``no`` or ``off`` (any case) mean off,
+    any other value on, unset or empty ``default``."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw not in {"0", "false", "no", "off"}
+
+
 def env_unit_float(name: str, what: str) -> float | None:
     """An optional override in [-1, 1] (a similarity threshold) from the environment, or None."""
     raw = os.environ.get(name, "").strip()

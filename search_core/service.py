@@ -37,7 +37,7 @@ import numpy as np
 from . import audio as audio_mod
 from . import duplicates
 from .audio import AudioError
-from .config import Settings, get_settings
+from .config import Settings, env_flag, get_settings
 from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, filter_conditions
 from .models import EmbeddingModel, get_model, model_names
 from .speakers import SpeakerRegistry
@@ -379,7 +379,7 @@ class LibraryService:
         """Mark each just-added clip ``(item, vecs, audio, sha256)`` as a near-duplicate of its best
         match if that reaches the threshold (see :mod:`search_core.duplicates`); the candidates of
         the whole batch come from one vector search. ``NEAR_DUPLICATE_CHECK=0`` turns it off."""
-        if os.environ.get("NEAR_DUPLICATE_CHECK", "1").strip().lower() in {"0", "false", "no", "off"}:
+        if not env_flag("NEAR_DUPLICATE_CHECK"):
             return
         added = [x for x in added if x[2].duration_s <= duplicates.MAX_FINGERPRINT_S]
         found = duplicates.candidates_many(self, model, [(vecs, a.duration_s, None, item.clip_id)

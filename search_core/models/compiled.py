@@ -32,7 +32,9 @@ ONNX_OPSET = 17
 
 def enabled() -> bool:
     """Whether the compiled path is wanted (``PADDLE_COMPILE`` is not 0/false/no/off)."""
-    return os.environ.get("PADDLE_COMPILE", "1").strip().lower() not in {"0", "false", "no", "off"}
+    from ..config import env_flag
+
+    return env_flag("PADDLE_COMPILE")
 
 
 def eager_runner(net) -> Runner:
