@@ -119,10 +119,14 @@ def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
     try:
         compiled = onnx_runner(export(net, input_shape, folder))
         want, got = eager(probe), compiled(probe)
-        err = float(np.max(np.abs(want - got)) / max(float(np.max(np.abs(want))), 1e-12))
-        if want.shape != got.shape or not err <= PROBE_TOLERANCE:
+        if want.shape != got.shape:
+            problem = f"shape {got.shape} instead of {want.shape}"
+        else:
+            err = float(np.max(np.abs(want - got)) / max(float(np.max(np.abs(want))), 1e-12))
+            problem = None if err <= PROBE_TOLERANCE else f"relative error {err:.2g}"
+        if problem:
             shutil.rmtree(folder, ignore_errors=True)
-            raise RuntimeError(f"compiled output differs from the eager network (relative error {err:.2g})")
+            raise RuntimeError(f"compiled output differs from the eager network ({problem})")
         return compiled
     except Exception as e:  # noqa: BLE001 - any failure here only costs speed
         print(f"[search_core] {key}: compiled network unavailable ({type(e).__name__}: {e}); "
