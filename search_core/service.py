@@ -299,21 +299,15 @@ class LibraryService:
 
     def _store_batch(self, staged: list, metadata: list[dict], model: str) -> list[IngestItem]:
         """Write an embedded batch (see :meth:`_write_batch`), then mark its near-duplicates."""
-        items: list[IngestItem | None] = [x if isinstance(x, IngestItem) else None for x in staged]
-        entries = [(pos, p, bounds, vecs) for pos, x in enumerate(staged) if not isinstance(x, IngestItem)
-                   for p, bounds, vecs in [x]]
+        items = list(staged)
+        entries = [(pos, *x) for pos, x in enumerate(staged) if not isinstance(x, IngestItem)]
         if entries:
             written = self._write_batch(entries, metadata, model)
-            shas = {pos: p["sha"] for pos, p, _b, _v in entries}
             for pos, item, _vecs, _a in written:
-                if item.status == "exists" and item.clip_id is None:  # written by the batch before
-                    known = self.meta.clip_by_sha(shas[pos])
-                    item.clip_id = known.id if known else None
-                    item.message = item.message or f"{item.name}: already in the library"
                 items[pos] = item
-            self._mark_near_duplicates([(item, vecs, a, shas[pos]) for pos, item, vecs, a in written
+            self._mark_near_duplicates([(item, vecs, a, staged[pos][0]["sha"]) for pos, item, vecs, a in written
                                         if item.status == "added"], model)
-        return [i for i in items if i is not None]
+        return items
 
     def _write_batch(self, entries: list, metadata: list[dict], model: str) -> list:
         """Write a batch of embedded clips in the documented order, under the write lock.
@@ -348,8 +342,9 @@ class LibraryService:
                                   tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
                     segments = [(s / a.sample_rate, e / a.sample_rate) for s, e in bounds]
                     began = self.meta.begin_ingest(new, model, segments)
-                    if began is None:
-                        out.append((pos, IngestItem(p["name"], "exists", None), vecs, a))
+                    if began is None:  # e.g. a copy of a clip the previous batch wrote
+                        out.append((pos, IngestItem(p["name"], "exists", known.id if known else None,
+                                                    f"{p['name']}: already in the library"), vecs, a))
                         continue
                     begun.append((pos, p["name"], began[0], began[1], vecs, a))
                 if begun:
