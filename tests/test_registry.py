@@ -49,3 +49,15 @@ def test_fast_mfcc_equals_librosa():
     y = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     ref = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=40, n_mels=64, n_fft=512, hop_length=160)
     assert np.allclose(mfcc(y, 16000), ref, atol=1e-3 * np.abs(ref).max())
+
+
+def test_mean_per_clip_pools_consecutive_rows_and_refuses_a_bad_split():
+    import numpy as np
+
+    from search_core.models.base import mean_per_clip
+
+    rows = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [0.0, 4.0], [2.0, 2.0], [4.0, 0.0]])
+    np.testing.assert_allclose(mean_per_clip(rows, [2, 1, 3]), [[2.0, 1.0], [5.0, 5.0], [2.0, 2.0]])
+    for counts in ([2, 1, 2], [2, 0, 4], []):
+        with pytest.raises(ValueError, match="do not split 6 rows"):
+            mean_per_clip(rows, counts)

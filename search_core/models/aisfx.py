@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ModelInfo
+from .base import ModelInfo, mean_per_clip
 from .wheel_weights import WheelCheckpointModel, WheelMember, assign_checked
 
 SAMPLE_RATE = 44100
@@ -159,7 +159,4 @@ class AisfxModel(WheelCheckpointModel):
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
         per_clip = [blocks(spectrogram(w)) for w in waveforms]
-        counts = np.array([len(b) for b in per_clip])
-        emb = self.block_embeddings(np.concatenate(per_clip))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        return np.add.reduceat(emb, starts, axis=0) / counts[:, None]
+        return mean_per_clip(self.block_embeddings(np.concatenate(per_clip)), [len(b) for b in per_clip])

@@ -50,6 +50,18 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norms, eps)).astype(np.float32)
 
 
+def mean_per_clip(rows: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Mean of consecutive groups of ``rows``: the first ``counts[0]`` rows, the next ``counts[1]``, ...
+
+    For models that embed several blocks or partials per clip and pool them into one vector.
+    """
+    counts = np.asarray(counts)
+    if len(counts) == 0 or np.any(counts <= 0) or counts.sum() != len(rows):
+        raise ValueError(f"counts {counts.tolist()} do not split {len(rows)} rows into non-empty groups")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(rows, starts, axis=0) / counts[:, None]
+
+
 class EmbeddingModel:
     """Base class: subclasses set ``info`` and implement :meth:`_load` and :meth:`_embed`.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ModelInfo
+from .base import ModelInfo, l2_normalize, mean_per_clip
 from .wheel_weights import WheelCheckpointModel, WheelMember, assign_checked
 
 SAMPLE_RATE = 16000
@@ -175,13 +175,9 @@ class ResemblyzerModel(WheelCheckpointModel):
     def partial_embeddings(self, mels: np.ndarray) -> np.ndarray:
         """(n, 160, 40) mel partials -> (n, 256) L2-normalised partial embeddings."""
         self.load()
-        raw = self._run(mels)
-        return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+        return l2_normalize(self._run(mels))
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
         parts = [partial_mels(preprocess(w)) for w in waveforms]
-        counts = np.array([len(p) for p in parts])
         partial = self.partial_embeddings(np.concatenate(parts, axis=0))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        out = np.add.reduceat(partial, starts, axis=0) / counts[:, None]
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return l2_normalize(mean_per_clip(partial, [len(p) for p in parts]))
