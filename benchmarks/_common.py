@@ -24,6 +24,23 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 2), "n": int(len(ms))}
 
 
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MB, or None off Linux."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    """This process' current resident set size in MB."""
+    now = _proc_status_mb("VmRSS")
+    return float("nan") if now is None else now
+
+
 def peak_rss_mb() -> float:
     """This process' peak resident set size in MB: VmHWM, the high-water mark of its own memory.
 
@@ -31,13 +48,8 @@ def peak_rss_mb() -> float:
     fork + exec, so a child started by a big benchmark process reported the parent's size (a
     3.35 GB "peak" for an app process that never exceeded 1.4 GB, BENCHMARKS.md).
     """
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def machine() -> dict:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, peak_rss_mb, percentiles, save, write_clips
+from _common import REPO, peak_rss_mb, percentiles, rss_mb, save, write_clips
 
 N_CLUSTERS = 2000
 SPREAD = 0.35  # per-dimension noise relative to a unit centre: nearest neighbours at cosine ~0.9
@@ -158,14 +158,6 @@ def curve(svc, model: str, X: np.ndarray, Q: np.ndarray, settings, ivf_nlist: in
     return out
 
 
-def rss_now() -> float:
-    """This process' current resident set size in MB."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024.0, 1)
-    return float("nan")
-
-
 class PhasePeaks:
     """Samples the resident set size every 20 ms and keeps the peak of each named phase."""
 
@@ -178,11 +170,11 @@ class PhasePeaks:
     def _sample(self) -> None:
         while True:
             p = self.phase
-            self.peaks[p] = max(self.peaks.get(p, 0.0), rss_now())
+            self.peaks[p] = max(self.peaks.get(p, 0.0), rss_mb())
             time.sleep(0.02)
 
     def enter(self, phase: str) -> None:
-        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss_now())
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss_mb())
         self.phase = phase
 
 
@@ -193,17 +185,17 @@ def rss_child(data_dir: str, model: str, queries: int) -> None:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
-    base = rss_now()
+    base = rss_mb()
     peaks.enter("startup")
     svc = LibraryService(temporary_settings(data_dir))  # includes start-up recovery
     startup = time.perf_counter() - t0
-    after_start = rss_now()
+    after_start = rss_mb()
     wavs = sorted(Path(data_dir, "queries").glob("*.wav"))
     peaks.enter("model")
     t1 = time.perf_counter()
     svc.embed_query(wavs[0], model)  # model load + first-call warm-up (numba, kernels)
     model_s = time.perf_counter() - t1
-    after_model = rss_now()
+    after_model = rss_mb()
     peaks.enter("searches")
     t1 = time.perf_counter()
     svc.search(wavs[0], model, 10)
@@ -214,7 +206,7 @@ def rss_child(data_dir: str, model: str, queries: int) -> None:
                       "first_search_s": round(first, 2),
                       "count": svc.vectors.count(model), "end_to_end": percentiles(secs),
                       "peak_rss_mb": peak_rss_mb(), "rss_mb": {"imports": base, "after_startup": after_start,
-                                                               "after_model": after_model, "end": rss_now()},
+                                                               "after_model": after_model, "end": rss_mb()},
                       "peak_rss_mb_by_phase": {k: round(v, 1) for k, v in peaks.peaks.items()}}))
 
 
