@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,7 @@ class VectorStore:
                     raise ValueError(f"collection {name} holds {have}-d vectors but model {model} "
                                      f"gives {dim}-d; drop the collection to re-index")
             else:
+                self._remove_half_created(name)
                 schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
                 schema.add_field("id", DataType.INT64, is_primary=True)
                 schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
@@ -99,6 +101,17 @@ class VectorStore:
             self.client.load_collection(name)
             self._ready[name] = int(dim)
         return name
+
+    def _remove_half_created(self, name: str) -> None:
+        """Milvus Lite creates a collection as a folder, then its ``schema.json``; a process killed
+        between the two leaves a folder that Lite neither lists nor lets be created again (every
+        later create fails with "File exists"). Remove such a leftover: it holds no data. Lite
+        allows one process per database file, so no other process can be creating it now."""
+        if "://" in self.uri:
+            return
+        folder = Path(self.uri) / "collections" / name
+        if folder.is_dir() and not (folder / "schema.json").exists():
+            shutil.rmtree(folder)
 
     def exists(self, model: str) -> bool:
         return self.client.has_collection(collection_name(model))

@@ -233,6 +233,16 @@ def test_leftover_temp_file_and_unknown_vector_are_swept(service, tmp_path):
     assert_exact(service, {"a.wav"})
 
 
+def test_a_collection_half_created_by_a_kill_is_created_again(service, tmp_path):
+    # Milvus Lite creates a collection as mkdir, then schema.json: a kill -9 between the two left a
+    # folder it neither lists nor lets be created again ("File exists" on every later ingest)
+    leftover = Path(service.settings.milvus_uri) / "collections" / "audio_mfcc_stats"
+    leftover.mkdir(parents=True)
+    assert not service.vectors.exists(MODEL)
+    service.ingest_files([write_wav(tmp_path / "a.wav", sound(1))], MODEL)
+    assert_exact(service, {"a.wav"})
+
+
 # -- kill -9 of a real folder import ----------------------------------------------------------
 
 def _cli(data: Path, *args: str) -> subprocess.Popen:
