@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make run    set up (virtualenv, pinned requirements, paddlespeech + paddle2onnx --no-deps) and start the app
-#   make test   set up (plus test tools, Chromium, MariaDB running) and run the tests
+#   make test   set up (plus test tools, Chromium, MariaDB running, a Milvus server) and run the tests
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -9,8 +9,13 @@ TSTAMP  := $(VENV)/.test-installed
 PADDLESPEECH := paddlespeech==1.5.0
 # paddle2onnx pins onnx<=1.17 but works with requirements.txt's onnx (tests/test_compiled.py)
 PADDLE2ONNX  := paddle2onnx==2.1.0
+# a real Milvus standalone server for the tests (PyPI's milvus wheel carries one); a server, not a
+# dependency of the product, so it lives in a virtualenv of its own
+MILVUS_SERVER := milvus==2.3.5
+MVENV   ?= .venv-milvus
+MSTAMP  := $(MVENV)/.installed
 
-.PHONY: run test venv test-deps mariadb benchmark clean
+.PHONY: run test venv test-deps milvus-server mariadb benchmark clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,16 +37,24 @@ $(TSTAMP): $(STAMP) tests/requirements.txt
 
 test-deps: $(TSTAMP)
 
+$(MSTAMP):
+	test -x $(MVENV)/bin/python || $(PY) -m venv $(MVENV)
+	$(MVENV)/bin/pip install -q --disable-pip-version-check $(MILVUS_SERVER)
+	touch $@
+
+milvus-server: $(MSTAMP)
+
 mariadb:
 	@mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1 || \
 	  { start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
 	    for i in $$(seq 30); do mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1 && break; sleep 1; done; }
 
-test: $(TSTAMP) mariadb
-	GRPC_VERBOSITY=NONE $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# the tests start (and stop) their own Milvus server from $(MVENV) on a free port
+test: $(TSTAMP) $(MSTAMP) mariadb
+	GRPC_VERBOSITY=NONE MILVUS_SERVER_BIN=$(abspath $(MVENV))/bin/milvus-server $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MVENV)

@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated settings per test, both metadata backends, generated audio."""
+"""Shared fixtures: isolated settings per test, both metadata backends, a Milvus server, generated audio."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,12 @@ import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
+
+# Tests and every process they start run on their own stores, whatever the shell says: a user's
+# MILVUS_URI / DATABASE_URL / DATA_DIR must never receive test clips.
+STORE_VARIABLES = ("DATA_DIR", "MILVUS_URI", "DATABASE_URL", "LIBRARY_DIR", "WEIGHTS_DIR")
+for _var in STORE_VARIABLES:
+    os.environ.pop(_var, None)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("SEARCH_CORE_OFFLINE", "1")
@@ -71,6 +77,40 @@ def cli_runner(data_dir: Path, timeout: float = 300):
         return out.stdout
 
     return cli
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server for the whole session (see tests/milvus_server.py).
+
+    Started from the launcher ``make test`` installs; it must be there (the server path is part
+    of the product, so its tests fail rather than skip). Tests that kill and restart it use
+    :meth:`~tests.milvus_server.MilvusServer.restart` and leave it running.
+    """
+    from milvus_server import MilvusServer
+
+    try:
+        server = MilvusServer(tmp_path_factory.mktemp("milvus-server")).start()
+    except RuntimeError as err:
+        pytest.fail(f"cannot start the Milvus server: {err}")
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def milvus_uri(milvus_server):
+    """A Milvus database of its own on the session's server, dropped after the test; its URI."""
+    from milvus_server import create_database, drop_database
+
+    if milvus_server.proc is None:  # a previous test killed it and failed before restarting
+        milvus_server.start()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    uri = create_database(milvus_server.uri, name)
+    yield uri
+    try:
+        drop_database(milvus_server.uri, name)
+    except Exception:  # noqa: BLE001 - a server killed by the test may refuse; its data dir goes anyway
+        pass
 
 
 @pytest.fixture

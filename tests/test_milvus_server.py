@@ -1,0 +1,42 @@
+"""The product on a real Milvus standalone server (what users who outgrow one process run)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from conftest import make_settings
+
+
+def test_a_process_sees_its_own_writes_on_the_server(tmp_path, clips, milvus_uri):
+    """Right after an ingest the same process counts and finds what it wrote (Milvus' default
+    Bounded consistency would show an empty collection for a while)."""
+    from search_core.service import LibraryService
+
+    svc = LibraryService(replace(make_settings(tmp_path), milvus_uri=milvus_uri))
+    try:
+        rep = svc.ingest_files(clips, "mfcc_stats")
+        assert len(rep.added) == len(clips)
+        assert svc.vectors.count("mfcc_stats") == len(clips)
+        res = svc.search(clips[3], "mfcc_stats", k=3)
+        assert res.hits and res.hits[0].clip.original_name == clips[3].name
+        assert res.hits[0].score > 0.999
+    finally:
+        svc.close()
+
+
+def test_the_server_keeps_the_library_across_a_crash(tmp_path, clips, milvus_server, milvus_uri):
+    """kill -9 of the server, then a restart on the same data: every clip is still searchable."""
+    from search_core.service import LibraryService
+
+    settings = replace(make_settings(tmp_path), milvus_uri=milvus_uri)
+    svc = LibraryService(settings)
+    try:
+        svc.ingest_files(clips[:4], "mfcc_stats")
+    finally:
+        svc.close()
+    milvus_server.restart()
+    svc = LibraryService(settings)
+    try:
+        assert svc.check()["rows_without_vectors"] == 0
+        assert svc.search(clips[2], "mfcc_stats", k=1).hits[0].clip.original_name == clips[2].name
+    finally:
+        svc.close()
