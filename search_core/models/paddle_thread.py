@@ -36,8 +36,10 @@ def _start() -> None:
     """The worker's first act: import paddle there and be in eager mode whatever the last thread left."""
     global _thread_id
     _thread_id = threading.get_ident()
-    import paddle
-
+    try:
+        import paddle
+    except Exception:  # noqa: BLE001 - a job that needs paddle raises the import error itself
+        return
     if not paddle.in_dynamic_mode():
         paddle.disable_static()
 
