@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse
+import functools
 import getpass
 import hmac
 import html
@@ -19,6 +20,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -133,6 +135,29 @@ def public_message(err) -> str:
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     text = (text.strip().splitlines() or ["unknown error"])[0]
     return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("base"), text))
+
+
+def explained(fn, action: str):
+    """``fn`` as an event handler whose errors reach the page as one sentence, never a bare "Error".
+
+    ``gr.Error`` passes through; the expected errors (bad audio, missing weights, bad input) become
+    their own message; anything else becomes "<action> failed: <class>: <first line>" (paths cut by
+    :func:`public_message`) and its traceback goes to stderr for the operator.
+    """
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(public_message(err)) from err
+        except Exception as err:  # noqa: BLE001 - the page gets a sentence, the log the traceback
+            print(f"[app] {action} failed:", file=sys.stderr, flush=True)
+            traceback.print_exc(file=sys.stderr)
+            raise gr.Error(f"{action} failed: {type(err).__name__}: {public_message(err)}") from err
+
+    return handler
 
 
 def score_bar(score: float) -> str:
@@ -438,6 +463,21 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         throttle.failed(client)
         gr.Warning("Wrong user name or password.")
         return {"admin": False}, "Not logged in.", ""
+
+    # every handler: an unexpected exception reaches the page as a sentence (see explained)
+    do_search = explained(do_search, "Search")
+    do_ingest = explained(do_ingest, "Adding the files")
+    do_import_folder = explained(do_import_folder, "Importing the folder")
+    counts_md = explained(counts_md, "Counting the library")
+    browse_rows = explained(browse_rows, "Listing the library")
+    do_delete = explained(do_delete, "Deleting the clip")
+    do_drop = explained(do_drop, "Dropping the collection")
+    do_enrol = explained(do_enrol, "Enrolling the speaker")
+    do_identify = explained(do_identify, "Identifying the speaker")
+    do_delete_speaker = explained(do_delete_speaker, "Deleting the speaker")
+    speaker_rows = explained(speaker_rows, "Listing the speakers")
+    duplicate_rows = explained(duplicate_rows, "Listing the duplicates")
+    do_login = explained(do_login, "Logging in")
 
     with gr.Blocks(title="Audio similarity search") as demo:
         gr.Markdown("# Audio similarity search\nRecord or upload a sound and find the most similar "

@@ -13,6 +13,9 @@ by the weights' checksum and the Paddle version), checks the compiled graph agai
 network on a probe input, and returns a callable ``numpy -> numpy``. If anything in that path fails
 (an operator the exporter cannot convert, a mismatch) it says so on stderr and returns the eager
 network instead: slower, never wrong. ``PADDLE_COMPILE=0`` turns the compiled path off.
+
+The Paddle side (export, the probe, eager runs) happens on the one Paddle thread of
+:mod:`.paddle_thread`, whichever thread calls; the ONNX Runtime session runs in the caller's thread.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from . import paddle_thread
 
 Runner = Callable[[np.ndarray], np.ndarray]
 PROBE_TOLERANCE = 1e-3      # max |compiled - eager| relative to max |eager| on the probe input
@@ -38,12 +43,16 @@ def enabled() -> bool:
 
 
 def eager_runner(net) -> Runner:
-    """Run ``net`` eagerly without gradients: numpy in, numpy out."""
-    import paddle
+    """Run ``net`` eagerly without gradients, on the Paddle thread: numpy in, numpy out."""
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def forward(x: np.ndarray) -> np.ndarray:
+        import paddle
+
         with paddle.no_grad():
             return net(paddle.to_tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return paddle_thread.call(forward, x)
 
     run.compiled = False
     return run
@@ -102,6 +111,7 @@ def onnx_runner(path: Path, threads: int | None = None) -> Runner:
     return run
 
 
+@paddle_thread.runs_on_paddle_thread
 def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
                     key: str) -> Runner:
     """The fastest correct runner for eval-mode ``net``: compiled if possible, else eager.

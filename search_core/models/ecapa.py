@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paddle_thread
 from . import paddlespeech_weights as pw
 from .base import ModelInfo
 from .panns import group_by_length
@@ -126,21 +127,28 @@ class EcapaTdnn(pw.ReleaseModel):
     def _load(self) -> None:
         found = pw.ensure(self.release, self.weights_dir())  # before importing paddle
         conf = read_config(found.config)
-        import paddle
+        self._net = paddle_thread.call(self._build, found.params, conf)
+        self._conf, self.source = conf, found.params
+
+    @staticmethod
+    def _build(params: Path, conf: dict):
+        """The backbone with the release's weights, eval() (Paddle thread)."""
+        from paddlespeech.audio.compliance import librosa  # noqa: F401  (imported here, with paddle)
 
         net = build_network(conf["model"])
-        state = backbone_state(pw.read_state_dict(found.params))
-        pw.check_state_dict(net.state_dict(), state, found.params)
+        state = backbone_state(pw.read_state_dict(params))
+        pw.check_state_dict(net.state_dict(), state, params)
         net.set_state_dict(state)
         net.eval()
-        self._net, self._conf, self._paddle, self.source = net, conf, paddle, found.params
+        return net
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
         out = np.zeros((len(waveforms), self.info.dim), dtype=np.float32)
         if self._run is None:
             n_mels = int(self._conf["n_mels"])
             probe = np.random.default_rng(0).standard_normal((2, n_mels, 201)).astype(np.float32)
-            self._run = self.compiled(_full_length(self._net), (None, n_mels, None), probe)
+            full = paddle_thread.call(_full_length, self._net)
+            self._run = self.compiled(full, (None, n_mels, None), probe)
         for idx in group_by_length(waveforms):
             out[idx] = self._run(np.stack([fbank(waveforms[i], self._conf) for i in idx]))
         return out

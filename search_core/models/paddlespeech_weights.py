@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from . import paddle_thread
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -362,8 +363,9 @@ def ensure(release: Release, weights_dir: Path) -> Located:
 
 
 # -- state dicts ------------------------------------------------------------------------------
+@paddle_thread.runs_on_paddle_thread
 def read_state_dict(path: Path) -> dict:
-    """``paddle.load`` a ``.pdparams`` file; :class:`WeightsInvalid` if it is not one."""
+    """``paddle.load`` a ``.pdparams`` file (on the Paddle thread); :class:`WeightsInvalid` if it is not one."""
     import paddle
 
     try:
@@ -419,7 +421,6 @@ class ReleaseModel(EmbeddingModel):
         super().__init__()
         self._net = None
         self._run = None    # the network compiled on first embed (numpy -> numpy), or eager
-        self._paddle = None
         self.source: Path | None = None  # the params file that was loaded
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paddle_thread
 from . import paddlespeech_weights as pw
 from .base import ModelInfo
 
@@ -102,33 +103,38 @@ class _Panns(pw.ReleaseModel):
     def _load(self) -> None:
         found = pw.ensure(self.release, self.weights_dir())  # before importing paddle
         conf = feature_config(found.config)
-        import paddle
+        self._net, self._frontend = paddle_thread.call(self._build, found.params, conf)
+        self._n_mels = int(conf["n_mels"])
+        self.source = found.params
 
+    def _build(self, params: Path, conf: dict):
+        """The network with the release's weights and the front end, both eval() (Paddle thread)."""
         net = build_network(self.arch)
-        state = pw.read_state_dict(found.params)
-        pw.check_state_dict(net.state_dict(), state, found.params)
+        state = pw.read_state_dict(params)
+        pw.check_state_dict(net.state_dict(), state, params)
         net.set_state_dict(state)
         net.eval()
-        self._frontend = build_frontend(conf)
-        self._n_mels = int(conf["n_mels"])
-        self._frontend.eval()
-        self._net = net
-        self.source = found.params
-        self._paddle = paddle
+        frontend = build_frontend(conf)
+        frontend.eval()
+        return net, frontend
+
+    def _features(self, batch: np.ndarray) -> np.ndarray:
+        """(B, samples) -> (B, 1, frames, n_mels) log-mel input of the network (Paddle thread)."""
+        import paddle
+
+        with paddle.no_grad():
+            feats = self._frontend(paddle.to_tensor(batch))               # [B, n_mels, T]
+            return paddle.transpose(feats, [0, 2, 1]).unsqueeze(1).numpy()  # [B, 1, T, n_mels]
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
-        paddle = self._paddle
         out = np.zeros((len(waveforms), self.info.dim), dtype=np.float32)
         if self._run is None:
             n_mels = self._n_mels
             probe = np.random.default_rng(0).standard_normal((2, 1, PROBE_FRAMES, n_mels)).astype(np.float32)
             self._run = self.compiled(self._net, (None, 1, None, n_mels), probe)
-        with paddle.no_grad():
-            for idx in group_by_length(waveforms):
-                x = paddle.to_tensor(np.stack([waveforms[i] for i in idx]).astype(np.float32))
-                feats = self._frontend(x)                               # [B, n_mels, T]
-                feats = paddle.transpose(feats, [0, 2, 1]).unsqueeze(1)  # [B, 1, T, n_mels]
-                out[idx] = self._run(feats.numpy())
+        for idx in group_by_length(waveforms):
+            batch = np.stack([waveforms[i] for i in idx]).astype(np.float32)
+            out[idx] = self._run(paddle_thread.call(self._features, batch))
         return out
 
 

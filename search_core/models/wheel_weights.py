@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paddle_thread
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
 from .compiled import compile_network
 
@@ -105,8 +106,8 @@ class WheelCheckpointModel(EmbeddingModel):
 
     Subclasses set ``weights`` (the :class:`WheelMember`) and ``checkpoint_prefix`` (the key
     prefix of the tensors they need) and implement ``_build_network(arrays)``, which turns the
-    checkpoint's numpy arrays into an eval-mode network. The checkpoint is read without torch
-    and cached as ``.npz`` next to it.
+    checkpoint's numpy arrays into an eval-mode network (it is run on the Paddle thread, see
+    :mod:`.paddle_thread`). The checkpoint is read without torch and cached as ``.npz`` next to it.
     """
 
     weights: WheelMember
@@ -152,7 +153,7 @@ class WheelCheckpointModel(EmbeddingModel):
             arrays = cached_arrays(path, prefix=self.checkpoint_prefix)
         except (CheckpointError, OSError) as e:
             raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
-        self._net = self._build_network(arrays)
+        self._net = paddle_thread.call(self._build_network, arrays)
         self._run = compile_network(self._net, self.input_shape, self.probe_input(),
                                     self.weights_dir / "compiled", f"{self.info.name}-{self.weights.sha256[:12]}")
 
