@@ -402,18 +402,23 @@ class GuardMiddleware:
         async def watch(msg):
             if msg["type"] == "http.response.start":
                 status["code"] = msg["status"]
-            elif msg["type"] == "http.response.body" and status.get("code") == 200:
+            elif msg["type"] == "http.response.body" and not msg.get("more_body"):
+                # the files are in place (and registered) before Gradio answers: count them and make
+                # room before the client hears back, so the budget holds when it does
+                chunks.append(msg.get("body", b""))
+                files = 1
+                if status.get("code") == 200:
+                    try:
+                        files = max(1, len(json.loads(b"".join(chunks))))
+                    except (ValueError, TypeError):
+                        pass
+                g.uploads.add(address, files, int(length))
+                if g.janitor is not None:
+                    await _in_thread(g.janitor.sweep)
+            elif msg["type"] == "http.response.body":
                 chunks.append(msg.get("body", b""))
             await send(msg)
         await self.app(scope, receive, watch)
-        files = 1
-        try:
-            files = max(1, len(json.loads(b"".join(chunks)))) if status.get("code") == 200 else 1
-        except (ValueError, TypeError):
-            pass
-        g.uploads.add(address, files, int(length))
-        if g.janitor is not None:
-            await _in_thread(g.janitor.sweep)
 
 
 def _header(scope, name: bytes) -> str | None:
