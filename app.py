@@ -587,14 +587,15 @@ def make_guard(access: Access, gs: GuardSettings) -> Guard:
                  max_body_bytes=gs.max_body_bytes)
 
 
-def start_janitor(demo: gr.Blocks, guard: Guard, gs: GuardSettings) -> CacheJanitor:
-    """Keep Gradio's cache (uploads, result files: served to anyone with their URL) under
-    ``gs.cache_max_bytes`` and ``gs.cache_max_age_s``: swept after each upload and every minute."""
+def start_janitor(demo: gr.Blocks, guard: Guard, gs: GuardSettings, dirs=()) -> CacheJanitor:
+    """Keep Gradio's cache (uploads, result files: served to anyone with their URL) and the
+    folders ``dirs`` the app writes per-search files into under ``gs.cache_max_bytes`` and
+    ``gs.cache_max_age_s``: swept after each upload and every minute."""
     from gradio.utils import get_upload_folder
 
     files, keep, forget = gradio_cache_files(demo)
     guard.janitor = CacheJanitor(files, keep, max_age_s=gs.cache_max_age_s, max_bytes=gs.cache_max_bytes,
-                                 root=get_upload_folder(), forget=forget)
+                                 root=get_upload_folder(), dirs=dirs, forget=forget)
     guard.janitor.run_every(max(1.0, min(60.0, gs.cache_max_age_s / 4)))
     return guard.janitor
 

@@ -52,9 +52,9 @@ class GuardSettings:
     trusted_proxies: str = ""               # TRUSTED_PROXIES: "" = believe no forwarding header
     cache_max_age_s: float = 3600.0         # GRADIO_CACHE_MAX_AGE_S
     cache_max_bytes: int = 2 << 30          # GRADIO_CACHE_MAX_BYTES
-    upload_window_s: float = 600.0          # UPLOAD_WINDOW_S
-    upload_max_files: int = 200             # UPLOAD_MAX_FILES (per client address and window)
-    upload_max_bytes: int = 1 << 30         # UPLOAD_MAX_BYTES (per client address and window)
+    upload_window_s: float = 600.0          # UPLOAD_LIMIT_WINDOW_S
+    upload_max_files: int = 200             # UPLOAD_LIMIT_FILES (per client address and window)
+    upload_max_bytes: int = 1 << 30         # UPLOAD_LIMIT_BYTES (per client address and window)
     max_body_bytes: int = 1 << 20           # any other request body (JSON of an event, a login form)
 
     @classmethod
@@ -63,9 +63,9 @@ class GuardSettings:
         return cls(trusted_proxies=os.environ.get("TRUSTED_PROXIES", "").strip(),
                    cache_max_age_s=_number("GRADIO_CACHE_MAX_AGE_S", d.cache_max_age_s),
                    cache_max_bytes=int(_number("GRADIO_CACHE_MAX_BYTES", d.cache_max_bytes, int)),
-                   upload_window_s=_number("UPLOAD_WINDOW_S", d.upload_window_s),
-                   upload_max_files=int(_number("UPLOAD_MAX_FILES", d.upload_max_files, int)),
-                   upload_max_bytes=int(_number("UPLOAD_MAX_BYTES", d.upload_max_bytes, int)))
+                   upload_window_s=_number("UPLOAD_LIMIT_WINDOW_S", d.upload_window_s),
+                   upload_max_files=int(_number("UPLOAD_LIMIT_FILES", d.upload_max_files, int)),
+                   upload_max_bytes=int(_number("UPLOAD_LIMIT_BYTES", d.upload_max_bytes, int)))
 
 
 def trust_forwarding_from(trusted_proxies: str) -> None:
@@ -213,15 +213,18 @@ class CacheJanitor:
     in ``max_bytes``; emptied per-file folders go too.
 
     ``files()`` yields the candidate paths (Gradio's uploads and result files: see
-    :func:`gradio_cache_files`), ``keep()`` the ones never to delete (cached examples).
-    Thread-safe; call :meth:`sweep` after uploads and from :meth:`run_every`.
+    :func:`gradio_cache_files`), ``keep()`` the ones never to delete (cached examples); every
+    file under ``dirs`` (folders the app owns, e.g. for pictures it writes itself) is a
+    candidate too. Thread-safe; call :meth:`sweep` after uploads and from :meth:`run_every`.
     """
 
     def __init__(self, files: Callable[[], Iterable[str]], keep: Callable[[], set] = set, *,
                  max_age_s: float, max_bytes: int, root: str | os.PathLike | None = None,
-                 clock: Clock = time.time, forget: Callable[[set], None] | None = None):
+                 dirs: Iterable[str | os.PathLike] = (), clock: Clock = time.time,
+                 forget: Callable[[set], None] | None = None):
         self.files, self.keep, self.max_age_s, self.max_bytes = files, keep, max_age_s, max_bytes
         self.root = Path(root).resolve() if root else None
+        self.dirs = [Path(d) for d in dirs]
         self.clock, self.forget = clock, forget
         self._lock = threading.Lock()
 
@@ -231,7 +234,8 @@ class CacheJanitor:
             keep = set(self.keep())
             now = self.clock()
             entries = []
-            for f in set(self.files()) - keep:
+            owned = {str(p) for d in self.dirs for p in d.rglob("*") if p.is_file()}
+            for f in (set(self.files()) | owned) - keep:
                 try:
                     st = os.stat(f)
                 except OSError:
@@ -406,13 +410,12 @@ class GuardMiddleware:
                 # the files are in place (and registered) before Gradio answers: count them and make
                 # room before the client hears back, so the budget holds when it does
                 chunks.append(msg.get("body", b""))
-                files = 1
-                if status.get("code") == 200:
+                if status.get("code") == 200:  # a refused upload stored nothing
                     try:
                         files = max(1, len(json.loads(b"".join(chunks))))
                     except (ValueError, TypeError):
-                        pass
-                g.uploads.add(address, files, int(length))
+                        files = 1
+                    g.uploads.add(address, files, int(length))
                 if g.janitor is not None:
                     await _in_thread(g.janitor.sweep)
             elif msg["type"] == "http.response.body":

@@ -177,7 +177,7 @@ def test_uploads_are_limited_per_client_and_the_cache_stays_in_its_budget(tmp_pa
     cache = tmp_path / "gradio_cache"
     budget = 300_000
     env = {"ADMIN_PASSWORD": PASSWORD, "PUBLIC_SEARCH": "true", "GRADIO_TEMP_DIR": str(cache),
-           "UPLOAD_MAX_FILES": "16", "GRADIO_CACHE_MAX_BYTES": str(budget)}
+           "UPLOAD_LIMIT_FILES": "16", "GRADIO_CACHE_MAX_BYTES": str(budget)}
     with running_app(tmp_path / "data", env=env) as url:
         admin = Client(url, verbose=False)
         admin.predict("admin", PASSWORD, api_name="/login")
@@ -234,15 +234,20 @@ def test_janitor_deletes_by_age_and_size_and_keeps_examples(tmp_path):
         p.write_bytes(b"x" * 1000)
         made.append(str(p))
     files = set(made)
+    owned = tmp_path / "pictures"  # a folder the app writes per-search files into itself
+    owned.mkdir()
+    (owned / "query.png").write_bytes(b"p" * 10)
     now = [max(os.stat(f).st_ctime for f in made) + 1]
-    j = CacheJanitor(lambda: set(files), lambda: {made[0]}, max_age_s=3600, max_bytes=3500, root=root,
-                     clock=lambda: now[0], forget=lambda gone: files.difference_update(gone))
+    j = CacheJanitor(lambda: set(files), lambda: {made[0]}, max_age_s=3600, max_bytes=3510, root=root,
+                     dirs=[owned], clock=lambda: now[0], forget=lambda gone: files.difference_update(gone))
     assert j.sweep() == 2  # over the budget: the oldest go first, the kept example stays
     assert [Path(f).exists() for f in made] == [True, False, False, True, True, True]
     assert not (root / "h1").exists() and root.exists()  # emptied per-file folders go too
     assert files == {made[0], made[3], made[4], made[5]}
+    assert (owned / "query.png").exists()
     now[0] += 3601  # an hour later everything but the example is gone
-    assert j.sweep() == 3 and [Path(f).exists() for f in made] == [True] + [False] * 5
+    assert j.sweep() == 4 and [Path(f).exists() for f in made] == [True] + [False] * 5
+    assert not (owned / "query.png").exists() and owned.is_dir()
 
 
 def test_gradio_cache_files_are_the_uploads_and_outputs_of_the_blocks(tmp_path):
