@@ -429,13 +429,12 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         except ValueError as err:
             raise gr.Error(public_message(err))
         client = getattr(getattr(request, "client", None), "host", None) or "unknown"
-        refusal = throttle.refusal(client, user.strip())
+        refusal = throttle.begin(client, user.strip())  # counted as failed until it succeeds
         if refusal:
             raise gr.Error(refusal)
         if access.check(user, password):
             throttle.succeeded(client, user.strip())
             return {"admin": True}, "Logged in as admin: you can change the library.", ""
-        throttle.failed(client, user.strip())
         gr.Warning("Wrong user name or password.")
         return {"admin": False}, "Not logged in.", ""
 

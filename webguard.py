@@ -113,6 +113,10 @@ class Backoff:
         self._keys.pop(key, None)
 
 
+def _refusal(wait_s: float) -> str:
+    return f"Too many failed logins; try again in {int(wait_s) + 1} s."
+
+
 class LoginThrottle:
     """One throttle for every way to log in: back-off per client address and per account.
 
@@ -148,7 +152,22 @@ class LoginThrottle:
     def refusal(self, address: str, user: str | None = None) -> str | None:
         """The sentence to answer with instead of checking the password, or None."""
         w = self.wait(address, user)
-        return (f"Too many failed logins; try again in {int(w) + 1} s." if w > 0 else None)
+        return _refusal(w) if w > 0 else None
+
+    def begin(self, address: str, user: str | None = None) -> str | None:
+        """Start a login attempt: the refusal sentence, or None after counting the attempt as a
+        failure until :meth:`succeeded` says otherwise. Counting first means that attempts
+        sent at once cannot all pass the check before the first failure is recorded."""
+        with self._lock:
+            w = self._by_address.wait(address)
+            if self._is_account(user):
+                w = max(w, self._by_account.wait(user))
+            if w > 0:
+                return _refusal(w)
+            self._by_address.failed(address)
+            if self._is_account(user):
+                self._by_account.failed(user)
+            return None
 
     def failed(self, address: str, user: str | None = None) -> None:
         with self._lock:
@@ -377,20 +396,15 @@ class GuardMiddleware:
         except Exception:
             return await _reply(send, 400, "The login form could not be read.")
         address = client_address(scope)
-        refusal = self.guard.throttle.refusal(address, user)
+        refusal = self.guard.throttle.begin(address, user)  # counted as failed until it succeeds
         if refusal:
             return await _reply(send, 429, refusal)
-        status = {}
 
         async def watch(msg):
-            if msg["type"] == "http.response.start":
-                status["code"] = msg["status"]
+            if msg["type"] == "http.response.start" and msg["status"] == 200:
+                self.guard.throttle.succeeded(address, user)
             await send(msg)
         await self.app(scope, replay, watch)
-        if status.get("code") == 200:
-            self.guard.throttle.succeeded(address, user)
-        elif status.get("code") in (400, 401):
-            self.guard.throttle.failed(address, user)
 
     async def _upload(self, scope, receive, send):
         g = self.guard
