@@ -36,6 +36,9 @@ def test_engine_refuses_each_over_long_or_out_of_range_value(service, tmp_path):
     for k in (0, 1001, 2 ** 70, float("nan"), float("inf"), 2.5, "many"):
         with pytest.raises(ValueError, match=r"^The number of results \(top-k\) must be a whole number from 1 to 1000"):
             svc.search(f, MODEL, k=k)
+    with pytest.raises(KeyError) as info:  # a made-up model name is not echoed whole
+        svc.search(f, "m" * 100_000)
+    assert len(str(info.value)) < 300 and "unknown model 'mmm" in str(info.value)
     # clip ids: no OverflowError from the database driver
     for bad in (HUGE_ID, -1, 0, float("inf"), float("nan"), "1; DROP TABLE clips"):
         with pytest.raises(ValueError, match=r"^The clip id must be a whole number from 1 to 9223372036854775807"):
@@ -143,6 +146,8 @@ def test_app_answers_each_bound_with_its_sentence(app_url, tmp_path):
     # Gradio's slider checks its range itself; the core's bound stands behind it
     with _refused(r"Value 1000000000 is greater than maximum value 20\.|The number of results \(top-k\)"):
         anon.predict(handle_file(str(f)), MODEL, 10 ** 9, "", "", "", "", api_name="/search")
+    with _refused(r"not in the list of choices"):  # Gradio's dropdown checks a made-up model itself
+        anon.predict(handle_file(str(f)), "m" * 5000, 5, "", "", "", "", api_name="/search")
     with _refused(r"The user name is 10000 characters long"):
         anon.predict("u" * 10_000, "x", api_name="/login")
     with _refused(r"The password is 100000 characters long"):
