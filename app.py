@@ -583,7 +583,8 @@ def make_guard(access: Access, gs: GuardSettings) -> Guard:
     """The login throttle, upload limits and body cap for :class:`webguard.GuardMiddleware`."""
     return Guard(throttle=LoginThrottle(account=access.user),
                  uploads=RateWindow(gs.upload_max_files, gs.upload_max_bytes, gs.upload_window_s),
-                 max_body_bytes=gs.max_body_bytes)
+                 max_body_bytes=gs.max_body_bytes,
+                 gradio_login=access.login_required and not access.public_search)
 
 
 def start_janitor(demo: gr.Blocks, guard: Guard, gs: GuardSettings, dirs=()) -> CacheJanitor:

@@ -53,7 +53,7 @@ class GuardSettings:
     cache_max_age_s: float = 3600.0         # GRADIO_CACHE_MAX_AGE_S
     cache_max_bytes: int = 2 << 30          # GRADIO_CACHE_MAX_BYTES
     upload_window_s: float = 600.0          # UPLOAD_LIMIT_WINDOW_S
-    upload_max_files: int = 200             # UPLOAD_LIMIT_FILES (per client address and window)
+    upload_max_files: int = 1000            # UPLOAD_LIMIT_FILES (per client address and window)
     upload_max_bytes: int = 1 << 30         # UPLOAD_LIMIT_BYTES (per client address and window)
     max_body_bytes: int = 1 << 20           # any other request body (JSON of an event, a login form)
 
@@ -330,6 +330,7 @@ class Guard:
     uploads: RateWindow
     janitor: CacheJanitor | None = None
     max_body_bytes: int = 1 << 20
+    gradio_login: bool = True  # Gradio's /login checks passwords (launched with ``auth``)
 
 
 def client_address(scope) -> str:
@@ -364,7 +365,7 @@ class GuardMiddleware:
         if body is None:
             return await _reply(send, 413, f"The request is larger than {self.guard.max_body_bytes} bytes.")
         replay = _replayer(body, receive)
-        if path in self.LOGIN_PATHS:
+        if path in self.LOGIN_PATHS and self.guard.gradio_login:
             return await self._login(scope, body, replay, send)
         return await self.app(scope, replay, send)
 
