@@ -292,8 +292,8 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
             raise gr.Error("Record or upload a clip first.")
         try:
             progress(0.1, desc="embedding the query")
-            res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters={"label": label_f, "speaker": speaker_f,
-                                                                 "source": source_f, "tag": tag_f})
+            filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
+            res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
         except FRIENDLY_ERRORS as err:
             raise gr.Error(public_message(err))
         progress(0.6, desc="preparing results")
@@ -433,7 +433,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         if refusal:
             raise gr.Error(refusal)
         if access.check(user, password):
-            throttle.succeeded(client, user.strip())
+            throttle.succeeded(client, user.strip())  # the same throttle as Gradio's /login page
             return {"admin": True}, "Logged in as admin: you can change the library.", ""
         gr.Warning("Wrong user name or password.")
         return {"admin": False}, "Not logged in.", ""

@@ -39,7 +39,8 @@ def _number(name: str, default: float, kind=float) -> float:
     try:
         value = kind(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"environment variable {name}={raw!r} is not {what}") from None
     if value < 0:
         raise ValueError(f"environment variable {name}={raw!r} must not be negative")
     return value

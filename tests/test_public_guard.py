@@ -96,8 +96,6 @@ def test_trusted_proxy_addresses_separate_a_guesser_from_the_admin(tmp_path):
         spread = [_app_login(url, "admin", f"guess {i}", headers={"X-Forwarded-For": f"192.0.2.{i}"})
                   for i in range(7)]
         assert all("Not logged in" in a for a in spread[:5]) and REFUSED in spread[-1], spread
-        # the spoofed header of a client that is not the proxy is still ignored by a proxy setting
-        # that does not name it (here every request comes from 127.0.0.1, the named proxy)
 
 
 def test_forwarding_setting_reaches_uvicorn(monkeypatch):
@@ -113,6 +111,9 @@ def test_forwarding_setting_reaches_uvicorn(monkeypatch):
     monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")
     trust_forwarding_from(GuardSettings.from_env().trusted_proxies)
     assert uvicorn.Config(app=None).forwarded_allow_ips == "10.0.0.0/8, 127.0.0.1"
+    monkeypatch.setenv("UPLOAD_LIMIT_FILES", "many")
+    with pytest.raises(ValueError, match=r"UPLOAD_LIMIT_FILES='many' is not a whole number"):
+        GuardSettings.from_env()
 
 
 def test_share_guesser_cannot_lock_out_the_admin():
