@@ -611,7 +611,9 @@ def launch_kwargs(settings: Settings, access: Access, guard: Guard | None = None
         kw["app_kwargs"] = {"middleware": [Middleware(GuardMiddleware, guard=guard)]}
     if access.login_required and not access.public_search:
         kw["auth"] = lambda u, p: access.check(u, p)
-        kw["auth_message"] = "Log in to search this audio library."
+        # Gradio's page says "incorrect credentials" for every refusal, also while logins wait
+        kw["auth_message"] = ("Log in to search this audio library. After 5 failed logins, logins wait "
+                              "30 s (longer after more failures) and are refused meanwhile.")
     return kw
 
 
