@@ -19,7 +19,6 @@ import html
 import re
 import sys
 import threading
-import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,11 +30,14 @@ import numpy as np
 import soundfile as sf
 
 from search_core import audio as audio_mod
+from search_core import limits
 from search_core import plots
 from search_core.audio import AudioError
 from search_core.config import Settings, env_flag, get_settings
 from search_core.models import WeightsNotInstalled, describe, get_model
 from search_core.service import LibraryService
+from search_core.webguard import (CacheJanitor, Guard, GuardMiddleware, GuardSettings, LoginThrottle, RateWindow,
+                      gradio_cache_files, trust_forwarding_from)
 
 MAX_K = 20
 ASSETS = Path(__file__).parent / "assets"
@@ -59,33 +61,6 @@ class Access:
             return True
         return hmac.compare_digest(str(user).encode(), self.user.encode()) and \
             hmac.compare_digest(str(password).encode(), self.password.encode())
-
-
-class LoginThrottle:
-    """Refuse logins from a client after ``limit`` failures within ``window_s`` seconds.
-
-    Over a public link the admin password is the only thing between a stranger and the library;
-    this makes guessing it slow. Thread-safe; failures are forgotten after the window.
-    """
-
-    def __init__(self, limit: int = 5, window_s: float = 300.0, clock=time.monotonic):
-        self.limit, self.window_s, self.clock = limit, window_s, clock
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str) -> list[float]:
-        now = self.clock()
-        kept = [t for t in self._failures.get(client, []) if now - t < self.window_s]
-        self._failures[client] = kept
-        return kept
-
-    def blocked(self, client: str) -> bool:
-        with self._lock:
-            return len(self._recent(client)) >= self.limit
-
-    def failed(self, client: str) -> None:
-        with self._lock:
-            self._recent(client).append(self.clock())
 
 
 def access_from_env(share: bool, prompt: bool = True) -> Access:
@@ -307,7 +282,11 @@ HEAD = """<style>
 </style>"""
 
 
-def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
+def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | None = None,
+              cache_max_age_s: float | None = None) -> gr.Blocks:
+    """The Blocks of the app. ``guard`` holds the login throttle shared with Gradio's own login
+    page (see :func:`make_guard`); ``cache_max_age_s`` lets Gradio delete its cached files after
+    that age (and all of them when the server stops)."""
     sound_default = svc.settings.default_sound_model
     choices = model_choices()
     names = [v for _, v in choices]
@@ -317,7 +296,7 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
     # copied into Gradio's cache and hashed on every search
     gr.set_static_paths([str(svc.library_dir)])
 
-    throttle = LoginThrottle()
+    throttle = guard.throttle if guard is not None else LoginThrottle(account=access.user)
 
     def is_admin(state: dict | None, request: gr.Request | None) -> bool:
         if not access.login_required:
@@ -338,8 +317,8 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
             raise gr.Error("Record or upload a clip first.")
         try:
             progress(0.1, desc="embedding the query")
-            res = svc.search(query_path, model, int(k), filters={"label": label_f, "speaker": speaker_f,
-                                                                 "source": source_f, "tag": tag_f})
+            filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
+            res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
         except FRIENDLY_ERRORS as err:
             raise gr.Error(public_message(err))
         progress(0.6, desc="preparing results")
@@ -351,10 +330,9 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         if not files:
             raise gr.Error("Choose one or more audio files first.")
         paths = [f if isinstance(f, str) else f.name for f in files]
-        meta = {"label": label or None, "speaker": speaker or None,
-                "tags": [t.strip() for t in (tags or "").split(",") if t.strip()]}
         progress(0, desc="loading model")
         try:
+            meta = limits.clip_metadata({"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")})
             rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
                                    progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         except FRIENDLY_ERRORS as err:
@@ -366,8 +344,9 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         if not folder or not folder.strip():
             raise gr.Error("Type a folder path on the server.")
         try:
+            folder = limits.folder(folder)
             manifest = Path(folder) / "manifest.csv"
-            rep = svc.ingest_folder(folder.strip(), model, manifest=manifest if manifest.is_file() else None,
+            rep = svc.ingest_folder(folder, model, manifest=manifest if manifest.is_file() else None,
                                     progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         except FRIENDLY_ERRORS as err:
             raise gr.Error(str(err))  # the admin typed this path: show it whole
@@ -390,7 +369,10 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         return "Clips indexed: " + " · ".join(f"**{m}**: {n}" for m, n in sorted(counts.items()))
 
     def browse_rows(model, query, page=1):
-        rows = svc.list_clips(model or None, query or "", (max(1, int(page)) - 1) * 50, 50)
+        try:
+            rows = svc.list_clips(model or None, query or "", (limits.page(page) - 1) * 50, 50)
+        except ValueError as err:
+            raise gr.Error(public_message(err))
         return [[c.id, c.original_name, round(c.duration_s, 2), c.created_at.strftime("%Y-%m-%d %H:%M"),
                  c.label or "", c.speaker or "", ", ".join(models)] for c, models in rows]
 
@@ -398,14 +380,23 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         require_admin(state, request)
         if clip_id is None:
             raise gr.Error("Enter the id of the clip to delete.")
-        if not svc.delete_clip(int(clip_id)):
-            raise gr.Error(f"No clip with id {int(clip_id)}.")
-        gr.Info(f"Deleted clip {int(clip_id)}.")
+        try:
+            clip_id = limits.clip_id(clip_id)
+            deleted = svc.delete_clip(clip_id)
+        except ValueError as err:
+            raise gr.Error(public_message(err))
+        if not deleted:
+            raise gr.Error(f"No clip with id {clip_id}.")
+        gr.Info(f"Deleted clip {clip_id}.")
         return counts_md(), browse_rows(model, query)
 
     def do_drop(model, confirm, state, request: gr.Request):
         require_admin(state, request)
-        if (confirm or "").strip() != model:
+        try:
+            confirm = limits.text(confirm, "confirmation", limits.MAX_CONFIRM) or ""
+        except ValueError as err:
+            raise gr.Error(public_message(err))
+        if confirm != model:
             raise gr.Error(f"Type the model name '{model}' in the confirmation box to drop its collection.")
         n = svc.drop_model(model)
         gr.Info(f"Dropped {model}: {n} vectors.")
@@ -440,7 +431,10 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
 
     def do_delete_speaker(name, model, state, request: gr.Request):
         require_admin(state, request)
-        n = svc.speakers.delete(name or "", model or None)
+        try:
+            n = svc.speakers.delete(name or "", model or None)
+        except ValueError as err:
+            raise gr.Error(public_message(err))
         if not n:
             raise gr.Error(f"No enrolled speaker named {(name or '').strip()!r}.")
         gr.Info(f"Deleted speaker {name.strip()}.")
@@ -455,12 +449,17 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
         return rows
 
     def do_login(user, password, state, request: gr.Request):
+        try:
+            user, password = limits.login(user, password)
+        except ValueError as err:
+            raise gr.Error(public_message(err))
         client = getattr(getattr(request, "client", None), "host", None) or "unknown"
-        if throttle.blocked(client):
-            raise gr.Error("Too many failed logins from your address; wait 5 minutes and try again.")
-        if access.check(user or "", password or ""):
+        refusal = throttle.begin(client, user.strip())  # counted as failed until it succeeds
+        if refusal:
+            raise gr.Error(refusal)
+        if access.check(user, password):
+            throttle.succeeded(client, user.strip())  # the same throttle as Gradio's /login page
             return {"admin": True}, "Logged in as admin: you can change the library.", ""
-        throttle.failed(client)
         gr.Warning("Wrong user name or password.")
         return {"admin": False}, "Not logged in.", ""
 
@@ -479,7 +478,9 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
     duplicate_rows = explained(duplicate_rows, "Listing the duplicates")
     do_login = explained(do_login, "Logging in")
 
-    with gr.Blocks(title="Audio similarity search") as demo:
+    delete_cache = (int(max(1, min(3600, cache_max_age_s / 4))), int(max(1, cache_max_age_s))) \
+        if cache_max_age_s else None
+    with gr.Blocks(title="Audio similarity search", delete_cache=delete_cache) as demo:
         gr.Markdown("# Audio similarity search\nRecord or upload a sound and find the most similar "
                     "clips in the library — or the same speaker, with a speaker model.", elem_id="page-intro")
         state = gr.State({"admin": not access.login_required})
@@ -618,13 +619,41 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs(settings: Settings, access: Access) -> dict:
-    """Options for ``demo.launch``: files are served from the library only."""
+def make_guard(access: Access, gs: GuardSettings) -> Guard:
+    """The login throttle, upload limits and body cap for :class:`webguard.GuardMiddleware`."""
+    return Guard(throttle=LoginThrottle(account=access.user),
+                 uploads=RateWindow(gs.upload_max_files, gs.upload_max_bytes, gs.upload_window_s),
+                 max_body_bytes=gs.max_body_bytes,
+                 gradio_login=access.login_required and not access.public_search)
+
+
+def start_janitor(demo: gr.Blocks, guard: Guard, gs: GuardSettings, dirs=()) -> CacheJanitor:
+    """Keep Gradio's cache (uploads, result files: served to anyone with their URL) and the
+    folders ``dirs`` the app writes per-search files into under ``gs.cache_max_bytes`` and
+    ``gs.cache_max_age_s``: swept after each upload and every minute."""
+    from gradio.utils import get_upload_folder
+
+    files, keep, forget = gradio_cache_files(demo)
+    guard.janitor = CacheJanitor(files, keep, max_age_s=gs.cache_max_age_s, max_bytes=gs.cache_max_bytes,
+                                 root=get_upload_folder(), dirs=dirs, forget=forget)
+    guard.janitor.run_every(max(1.0, min(60.0, gs.cache_max_age_s / 4)))
+    return guard.janitor
+
+
+def launch_kwargs(settings: Settings, access: Access, guard: Guard | None = None) -> dict:
+    """Options for ``demo.launch``: files are served from the library only; with ``guard``, its
+    middleware sees every request first (login throttle, upload limits, body cap)."""
+    from starlette.middleware import Middleware
+
     kw = dict(allowed_paths=[str(settings.library_dir)], css=CSS, head=HEAD,
               max_file_size=settings.max_upload_bytes, show_error=False)
+    if guard is not None:
+        kw["app_kwargs"] = {"middleware": [Middleware(GuardMiddleware, guard=guard)]}
     if access.login_required and not access.public_search:
         kw["auth"] = lambda u, p: access.check(u, p)
-        kw["auth_message"] = "Log in to search this audio library."
+        # Gradio's page says "incorrect credentials" for every refusal, also while logins wait
+        kw["auth_message"] = ("Log in to search this audio library. After 5 failed logins, logins wait "
+                              "30 s (longer after more failures) and are refused meanwhile.")
     return kw
 
 
@@ -636,12 +665,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     access = access_from_env(args.share)
     settings = get_settings()
+    gs = GuardSettings.from_env()
+    trust_forwarding_from(gs.trusted_proxies)  # before uvicorn starts: it reads FORWARDED_ALLOW_IPS
     svc = LibraryService(settings)
     # load the default model in the background: the first search should not pay for it
     threading.Thread(target=svc.warm_up, args=(settings.default_sound_model,), daemon=True).start()
-    demo = build_app(svc, access)
+    guard = make_guard(access, gs)
+    demo = build_app(svc, access, guard, cache_max_age_s=gs.cache_max_age_s)
+    start_janitor(demo, guard, gs)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                   share=args.share, **launch_kwargs(settings, access))
+                                                   share=args.share, **launch_kwargs(settings, access, guard))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from typing import Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from . import limits
+
 PENDING, READY, DELETING = "pending", "ready", "deleting"
 
 _meta = sa.MetaData()
@@ -105,9 +107,10 @@ def filter_conditions(filters: dict | None) -> list:
     for key, value in (filters or {}).items():
         if key not in FILTER_FIELDS:
             raise ValueError(f"unknown filter {key!r}; use one of: {', '.join(FILTER_FIELDS)}")
-        if value is None or not str(value).strip():
+        value = limits.text(value, f"{key} filter")
+        if not value:
             continue
-        value = str(value).strip().lower()
+        value = value.lower()
         if key == "tag":
             # tags are a JSON list: match the quoted, JSON-escaped tag as a whole element
             needle = json.dumps(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -26,7 +26,6 @@ import shutil
 import tempfile
 import threading
 import time
-import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import audio as audio_mod
-from . import duplicates
+from . import duplicates, limits
 from .audio import AudioError
 from .config import Settings, env_flag, get_settings
 from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, filter_conditions
@@ -144,21 +143,31 @@ class RecoveryReport:
         return any(vars(self).values())
 
 
-_SAFE_LABEL = re.compile(r"[\x00-\x1f\x7f]")
+def clean_text(value: str | None, limit: int = limits.MAX_TEXT) -> str | None:
+    """Metadata text as stored: control characters removed, NFC, trimmed, length-limited.
 
-
-def clean_text(value: str | None, limit: int = 255) -> str | None:
-    """Metadata text as stored: control characters removed, NFC, trimmed, length-limited."""
+    Values typed by people are checked against their bound first (:mod:`search_core.limits`);
+    this cut only guards values that never passed a check.
+    """
     if value is None:
         return None
-    text = unicodedata.normalize("NFC", _SAFE_LABEL.sub("", str(value))).strip()
-    return text[:limit] or None
+    return limits.clean(value)[:limit] or None
 
 
 def clean_name(name: str) -> str:
-    """A display name from an uploaded or imported name: its last path part, never a path."""
+    """A display name from an uploaded or imported name: its last path part, never a path
+    (its length is checked per file by :func:`search_core.limits.name`)."""
     base = re.split(r"[\\/]", str(name))[-1]
-    return clean_text(base, 512) or "unnamed"
+    return limits.clean(base) or "unnamed"
+
+
+def _checked(name: str, meta: dict | None) -> tuple[str, dict] | IngestItem:
+    """A file's display name and metadata within their bounds, or an error item saying which is not."""
+    try:
+        return limits.name(name), limits.clip_metadata(meta)
+    except ValueError as err:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        return IngestItem(shown, "error", message=f"{shown}: {err}")
 
 
 class LibraryService:
@@ -222,6 +231,13 @@ class LibraryService:
         if not (len(names) == len(paths) == len(metadata)):
             raise ValueError("paths, names and metadata must have the same length")
         report = IngestReport(model)
+        # a name or metadata value over its bound rejects that file before it is read
+        checked = [_checked(n, m) for n, m in zip(names, metadata)]
+        report.items.extend(c for c in checked if isinstance(c, IngestItem))
+        keep = [i for i, c in enumerate(checked) if not isinstance(c, IngestItem)]
+        paths = [paths[i] for i in keep]
+        names = [checked[i][0] for i in keep]
+        metadata = [checked[i][1] for i in keep]
         total = len(paths)
         done = 0
 
@@ -439,7 +455,7 @@ class LibraryService:
         ``manifest``: an optional CSV with a ``path`` column (relative to the CSV) and any of
         ``label``, ``speaker``, ``source``, ``tags`` (``;``-separated); only its files are read.
         """
-        root = Path(folder).resolve()
+        root = Path(limits.folder(folder)).resolve()
         if not root.is_dir():
             raise NotADirectoryError(f"{folder}: not a folder")
         report = IngestReport(model)
@@ -504,8 +520,7 @@ class LibraryService:
         search to clips whose ``label``/``speaker``/``source`` equals, or whose tags contain
         (``tag``), the given value (case-insensitive; empty values are ignored).
         """
-        if not 1 <= int(k) <= 1000:
-            raise ValueError(f"top-k must be between 1 and 1000, got {k}")
+        k = limits.top_k(k)
         filter_conditions(filters)  # unknown filter keys fail before the query is embedded
         t0 = time.perf_counter()
         a, vec = self.embed_query(query, model)
@@ -585,6 +600,10 @@ class LibraryService:
         return self.meta.counts_by_model()
 
     def list_clips(self, model: str | None = None, query: str = "", offset: int = 0, limit: int = 50):
+        """Newest first, ``limit`` clips from ``offset``; ``query`` matches name, label, speaker or source."""
+        query = limits.text(query, "browse text") or ""
+        offset = limits.whole_number(offset, "list offset", 0, limits.MAX_PAGE * limits.MAX_LIST)
+        limit = limits.whole_number(limit, "list length", 1, limits.MAX_LIST)
         return self.meta.list_clips(model, query, offset, limit)
 
     def clip_path(self, clip: ClipRow) -> Path:
@@ -592,8 +611,9 @@ class LibraryService:
 
     def delete_clip(self, clip_id: int) -> bool:
         """Delete a clip from every model's collection and the library. False if unknown."""
+        clip_id = limits.clip_id(clip_id)
         with self._write_lock:
-            clip = self.meta.clip(int(clip_id))
+            clip = self.meta.clip(clip_id)
             if clip is None:
                 return False
             by_model = self.meta.mark_clip_deleting(clip.id)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from . import audio as audio_mod
+from . import limits
 from .config import env_unit_float
 from .models import get_model
 
@@ -70,9 +71,7 @@ class Identification:
 
 def clean_speaker_name(name: str) -> str:
     """A speaker name as stored: trimmed, no control characters, 1-255 characters, not "unknown"."""
-    from .service import clean_text
-
-    text = clean_text(name)
+    text = limits.text(name, "speaker name")
     if not text:
         raise ValueError("a speaker needs a name")
     if text.lower() == UNKNOWN:
@@ -142,7 +141,7 @@ class SpeakerRegistry:
 
     def delete(self, name: str, model: str | None = None) -> int:
         """Forget ``name`` (for ``model``, or every model); returns how many voiceprints went."""
-        return self.meta.delete_speaker(str(name).strip(), model)
+        return self.meta.delete_speaker(limits.text(name, "speaker name") or "", model)
 
     def identify(self, clip: audio_mod.Audio | str | os.PathLike, model: str,
                  threshold: float | None = None) -> Identification:

@@ -38,7 +38,8 @@ def model_names() -> list[str]:
 def get_model(name: str) -> EmbeddingModel:
     """The shared instance of model ``name`` (weights are loaded on first embed, not here)."""
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+        shown = repr(name) if len(str(name)) <= 64 else repr(str(name)[:61] + "...")  # never echo a megabyte
+        raise KeyError(f"unknown model {shown}; choose one of: {', '.join(model_names())}")
     with _lock:
         if name not in _instances:
             module, cls = _REGISTRY[name]
