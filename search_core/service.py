@@ -260,7 +260,8 @@ class LibraryService:
         s = self.settings
         try:
             a = audio_mod.load(path, m.info.sample_rate, max_bytes=s.max_upload_bytes,
-                               max_duration_s=s.max_duration_s, name=name)
+                               max_duration_s=s.max_duration_s, max_samples=s.max_decode_samples, name=name)
+            audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
             sha = audio_mod.sha256_of(path)
         except AudioError as err:
             return IngestItem(name, "error", message=str(err))
@@ -483,16 +484,26 @@ class LibraryService:
 
     # -- search -------------------------------------------------------------------------
     def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str) -> tuple[audio_mod.Audio, np.ndarray]:
+        """The query as searched and its embedding.
+
+        Only the first ``Settings.max_query_s`` seconds of a longer query are decoded and embedded
+        (``Audio.is_part`` and ``Audio.source_duration_s`` say so), which bounds the memory and the
+        compute of one search; a query shorter than the model's ``min_duration_s`` is refused.
+        """
         m = get_model(model)
         m.load()
+        s = self.settings
         if isinstance(query, audio_mod.Audio):
-            a = query if query.sample_rate == m.info.sample_rate else audio_mod.Audio(
-                audio_mod.resample(query.samples, query.sample_rate, m.info.sample_rate),
-                m.info.sample_rate, query.source_rate, query.source_channels)
+            q = query.first(s.max_query_s)
+            a = q if q.sample_rate == m.info.sample_rate else audio_mod.Audio(
+                audio_mod.resample(q.samples, q.sample_rate, m.info.sample_rate),
+                m.info.sample_rate, q.source_rate, q.source_channels, q.source_duration_s)
+            name = "query"
         else:
-            s = self.settings
-            a = audio_mod.load(query, m.info.sample_rate, max_bytes=s.max_upload_bytes,
-                               max_duration_s=s.max_duration_s)
+            name = audio_mod.display_name(query)
+            a = audio_mod.load(query, m.info.sample_rate, max_bytes=s.max_upload_bytes, max_duration_s=s.max_duration_s,
+                               max_part_s=s.max_query_s, max_samples=s.max_decode_samples)
+        audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
         return a, m.embed([a.samples])[0]
 
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
@@ -557,7 +568,8 @@ class LibraryService:
             if len(grouped) >= k or len(raw) < fetch or fetch >= MAX_FETCH:
                 break
             fetch = min(fetch * 4, MAX_FETCH)
-        hits = sorted(grouped.values(), key=lambda h: -h.score)[:k]
+        # a clip deleted since the rows were read has lost its file: it drops out, it is never a broken hit
+        hits = [h for h in sorted(grouped.values(), key=lambda h: -h.score) if h.path.is_file()][:k]
         for r, h in enumerate(hits, 1):
             h.rank = r
         return hits

@@ -224,7 +224,7 @@ def test_limits_are_checked_before_decoding(tmp_path, monkeypatch):
 
     def no_decode(*a, **kw):
         raise AssertionError("decoded a file that is over a limit")
-    monkeypatch.setattr(audio_mod, "decode", no_decode)
+    monkeypatch.setattr(audio_mod, "blocks", no_decode)
     with pytest.raises(AudioError, match=r"^hour\.wav: is 60\.0 min long, over the 30\.0 min limit$"):
         audio_mod.load(folder / "hour.wav", 16000, max_duration_s=1800)
     with pytest.raises(AudioError, match=r"^big\.wav: file is 1\.3 MB, over the 1\.0 MB limit$"):

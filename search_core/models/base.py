@@ -32,6 +32,7 @@ class ModelInfo:
     window_s: float = 10.0    # long recordings are cut into windows of this length ...
     hop_s: float = 5.0        # ... every hop_s seconds
     min_samples: int = 400    # shorter input is zero-padded to this many samples
+    min_duration_s: float = 0.1  # shorter clips are refused (ingest and query): too little to embed
     opt_in: bool = False      # listed but never a default (e.g. unclear weight licence)
 
 
