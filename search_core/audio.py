@@ -382,7 +382,7 @@ def _check_signal(finite: bool, peak: float, name: str) -> None:
 def check_min_duration(a: Audio, min_s: float, model: str, name: str) -> Audio:
     """Refuse audio shorter than ``min_s`` seconds: too short for ``model`` to say anything about."""
     if a.duration_s < min_s:
-        have = f"{a.duration_s * 1000:.0f} ms" if a.duration_s < 1 else fmt_seconds(a.duration_s)
+        have = f"{a.duration_s * 1000:.1f} ms" if a.duration_s < 1 else fmt_seconds(a.duration_s)
         raise AudioError(name, f"is {have} long; {model} needs at least {fmt_seconds(min_s)} of audio")
     return a
 
