@@ -315,3 +315,35 @@ def test_every_model_states_a_minimum_length_its_front_end_can_use():
     for name in model_names():
         info = get_model(name).info
         assert 0.05 <= info.min_duration_s <= 1.0, name
+
+
+def test_a_search_embeds_between_the_batches_of_a_long_import():
+    """A model embeds one call at a time; an import's thousands of segments were one call, so a search
+    with the same model waited for all of them. The lock is now taken per batch."""
+    import threading
+
+    from search_core.models.base import EmbeddingModel, ModelInfo
+
+    calls: list[str] = []
+    searching = threading.Event()
+
+    class Slow(EmbeddingModel):
+        info = ModelInfo("slow", "sound", 16000, 4, "test model")
+
+        def _embed(self, waveforms):
+            calls.append(threading.current_thread().name)
+            if len(calls) == 1:
+                searching.set()                     # the search starts while the import holds the model ...
+                threading.Event().wait(0.2)         # ... and is waiting for it when this batch ends
+            return np.ones((len(waveforms), 4), np.float32)
+
+    m = Slow()
+    segments = [np.ones(1600, np.float32)] * (16 * 20)  # an import: 20 batches
+    importer = threading.Thread(target=m.embed, args=(segments,), name="import")
+    search = threading.Thread(target=lambda: (searching.wait(), m.embed([np.ones(1600, np.float32)])), name="search")
+    importer.start()
+    search.start()
+    importer.join()
+    search.join()
+    assert calls.count("import") == 20 and calls.count("search") == 1
+    assert calls.index("search") < len(calls) - 1, "the search waited for the whole import"
