@@ -169,9 +169,15 @@ def hit_audio(h):
     return rate, data
 
 
-def _wav_bytes(rate: int, data: np.ndarray) -> bytes:
+def segment_wav(h) -> bytes:
+    """The hit's matching range as 16-bit WAV bytes, decoded block by block (memory: one block and
+    the WAV, whatever the file's length and channel count)."""
+    info = audio_mod.probe(h.path)
     buf = io.BytesIO()
-    sf.write(buf, data, rate, format="WAV", subtype="PCM_16")
+    with sf.SoundFile(buf, "w", info.sample_rate, info.channels, format="WAV", subtype="PCM_16") as out:
+        for block in audio_mod.blocks(h.path, start_frame=int(h.start_s * info.sample_rate),
+                                      max_frames=int((h.end_s - h.start_s) * info.sample_rate)):
+            out.write(block)
     return buf.getvalue()
 
 
@@ -209,11 +215,9 @@ def _thumbnail(path: str, start_s: float | None, end_s: float, render_dir: Path)
 
 def _player(h, render_dir: Path):
     """The hit's player value: the library file itself, or the segment written once under its content hash."""
-    value = hit_audio(h)
-    if isinstance(value, tuple):
-        rate, data = value
-        return str(plots.save_once(_wav_bytes(rate, data), render_dir, ".wav"))
-    return value
+    if h.is_segment:
+        return str(plots.save_once(segment_wav(h), render_dir, ".wav"))
+    return str(h.path)
 
 
 #: Searches (and speaker identification) share four workers; imports (upload, folder, enrolment)

@@ -53,6 +53,11 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, current name)
 FILTER_EXACT_MAX = 4096
 #: Milvus' largest top-k.
 MAX_FETCH = 16_384
+#: An import batch holds at most this much audio (by the headers) besides its first file, so that
+#: long recordings are not decoded sixteen at a time: with the batch being embedded, the next one
+#: decoding and the last one writing, an import holds at most three batches of mono audio at the
+#: model's rate (3 x max(this, MAX_DURATION_S) x rate x 4 bytes).
+BATCH_AUDIO_S = 600.0
 
 _TMP_PREFIX = ".tmp-"
 
@@ -235,17 +240,16 @@ class LibraryService:
 
         # three stages overlap: the next batch is decoded (thread pool) and the current one embedded
         # (here) while the previous one is written (one writer thread, so writes keep their order)
+        batches = plan_batches([_header_seconds(p) for p in paths], batch_size, BATCH_AUDIO_S)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
-            def submit(start: int) -> list:
-                return [pool.submit(self._prepare, paths[i], names[i], m)
-                        for i in range(start, min(start + batch_size, total))]
+            def submit(idx: range) -> list:
+                return [pool.submit(self._prepare, paths[i], names[i], m) for i in idx]
 
-            ahead = submit(0) if total else []
+            ahead = submit(batches[0]) if batches else []
             storing: Future | None = None
-            for start in range(0, total, batch_size):
-                idx = range(start, min(start + batch_size, total))
+            for n, idx in enumerate(batches):
                 prepared = [f.result() for f in ahead]
-                ahead = submit(start + batch_size) if start + batch_size < total else []
+                ahead = submit(batches[n + 1]) if n + 1 < len(batches) else []
                 staged = self._embed_batch(prepared, m)
                 if storing is not None:
                     finish(storing)
@@ -710,6 +714,29 @@ class LibraryService:
         out["files_without_rows"] = len(files - known)
         out["rows_without_files"] = len(known - files)
         return out
+
+
+def _header_seconds(path) -> float:
+    """A file's length by its header, 0 when unknown (a bad file is reported later, by ingest)."""
+    try:
+        p = Path(path)
+        return audio_mod.probe(p).duration_s if p.is_file() and os.access(p, os.R_OK) else 0.0
+    except Exception:
+        return 0.0
+
+
+def plan_batches(seconds: Sequence[float], batch_size: int, max_audio_s: float) -> list[range]:
+    """Consecutive ranges of at most ``batch_size`` files whose lengths add up to at most
+    ``max_audio_s`` (a longer file is a batch of its own)."""
+    out, start, total = [], 0, 0.0
+    for i, sec in enumerate(seconds):
+        if i > start and (i - start >= batch_size or total + sec > max_audio_s):
+            out.append(range(start, i))
+            start, total = i, 0.0
+        total += sec
+    if start < len(seconds):
+        out.append(range(start, len(seconds)))
+    return out
 
 
 def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:

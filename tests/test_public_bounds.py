@@ -347,3 +347,14 @@ def test_a_search_embeds_between_the_batches_of_a_long_import():
     search.join()
     assert calls.count("import") == 20 and calls.count("search") == 1
     assert calls.index("search") < len(calls) - 1, "the search waited for the whole import"
+
+
+def test_an_import_decodes_long_files_a_few_at_a_time():
+    """An import decoded sixteen files ahead whatever their length (16 x 2 h at 44.1 kHz = 20 GB of
+    mono); batches are now cut by the length the headers give."""
+    from search_core.service import plan_batches
+
+    assert plan_batches([3.0] * 40, 16, 600) == [range(0, 16), range(16, 32), range(32, 40)]
+    assert plan_batches([3600.0, 3600.0, 3.0, 3.0, 700.0], 16, 600) == \
+        [range(0, 1), range(1, 2), range(2, 4), range(4, 5)]
+    assert plan_batches([], 16, 600) == []
