@@ -272,22 +272,49 @@ def run_hostile(url: str, normal: list[Path], bombs: list[Path], model: str, k: 
     return r
 
 
-def memory_bound(model_rate: int, max_query_s: float, window_s: float, wide_rate: int, wide_channels: int,
+def search_working_set(data: Path, bomb: Path, model: str) -> float:
+    """Peak growth (MB) of one search on a query at the length limit, measured in a fresh process:
+    streamed decode, the query part, the model's work on it and the query's two pictures."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+import app
+from search_core import plots
+from search_core.service import LibraryService
+app.return_freed_buffers_to_the_os()
+def hwm():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) * 1024
+svc = LibraryService(recover=False)
+def one(q):
+    a, _ = svc.embed_query(q, {model!r})
+    plots.image_bytes(plots.waveform_image(a.samples, 640, 80))
+    plots.image_bytes(plots.spectrogram_image(a.samples, a.sample_rate, 640, 120), "jpeg")
+one({str(bomb)!r})  # warm-up: imports, first-call compilation
+open("/proc/self/clear_refs", "w").write("5")  # the peak restarts from here
+base = hwm()
+one({str(bomb)!r})
+print(json.dumps(hwm() - base))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=app_env(data), capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-1500:])
+    return round(json.loads(r.stdout.strip().splitlines()[-1]) / 2**20, 1)
+
+
+def memory_bound(search_mb: float, window_s: float, wide_rate: int, wide_channels: int,
                  workers: int = 4, render_threads: int = 4) -> dict:
-    """The app's peak over its idle resident set, derived from the limits (MB): per search worker,
-    three decode blocks in flight (block, mono mix, resampler output) and the query part (held as
-    decoded and as handed to the model); per render thread, one block of a thumbnail and one
-    segment of the widest library clip (``window_s`` x rate x channels, float32, and its 16-bit wav)."""
+    """The app's peak over its idle resident set, derived from the limits (MB): each search worker
+    holds at most one search on a query part at the length limit (``search_mb``, measured), each
+    render thread one decode block and one window of the widest library clip as 16-bit WAV (the
+    player of a segment hit; its thumbnail streams one block)."""
     from search_core.audio import BLOCK_SAMPLES
 
     block = BLOCK_SAMPLES * 4
-    part = max_query_s * model_rate * 4
-    segment = window_s * wide_rate * wide_channels * (4 + 2)
-    per_worker = 3 * block + 2 * part
-    per_render = block + segment
-    total = workers * per_worker + render_threads * per_render
+    per_render = 2 * block + window_s * wide_rate * wide_channels * 2
     mb = lambda x: round(x / 2**20, 1)  # noqa: E731
-    return {"per_worker_mb": mb(per_worker), "per_render_mb": mb(per_render), "bound_mb": mb(total)}
+    return {"per_search_mb": search_mb, "per_render_mb": mb(per_render),
+            "bound_mb": round(workers * search_mb + render_threads * per_render / 2**20, 1)}
 
 
 def public_markdown(results: dict, meta: dict) -> str:
@@ -314,16 +341,21 @@ def public_markdown(results: dict, meta: dict) -> str:
                      f"{r['idle_rss_mb']} → {r['peak_rss_mb']} |")
     parts = sorted({p for r in results.values() for p in r.get("hostile_parts", [])})
     lines += ["", f"What the hostile queries got: {'; '.join(parts) or '–'}.", "",
-              f"**Memory bound.** A query is decoded in blocks of {meta['block_samples']:,} samples and only its "
-              f"first {meta['max_query_s']:g} s are kept ({meta['max_query_s']:g} s × {meta['model_rate'] / 1000:g} kHz "
-              f"× 4 B); a thumbnail streams one block; a segment player reads one {meta['window_s']:g} s window. "
-              f"Per search worker: 3 blocks in flight + the part twice = {b['per_worker_mb']} MB; per render "
-              f"thread: 1 block + one window of the widest clip (6 ch × 96 kHz, float32 and its 16-bit wav) = "
-              f"{b['per_render_mb']} MB; 4 workers + 4 render threads: **{b['bound_mb']} MB over the idle app**, "
-              f"whatever the uploaded files hold. Measured: see the table (peak − idle). Before these limits the "
-              f"same files took the app from 0.67 to 4.26 GB (issue 12). Ingest (admin only) holds the mono output "
-              f"at the model's rate: at most MAX_DURATION_S × rate × 4 B per file (2 h at 16 kHz: 460 MB; "
-              f"at aisfx's 44.1 kHz: 1.27 GB), plus one block.", ""]
+              f"**Memory bound.** Files are decoded in blocks of {meta['block_samples']:,} samples and a query "
+              f"only for its first {meta['max_query_s']:g} s, so what one request can hold no longer depends on "
+              f"the file. One search on a query at that limit (the 20-min 6-ch 96 kHz FLAC: streamed decode, the "
+              f"part at {meta['model_rate'] / 1000:g} kHz, the model's work on it and the query's two pictures) "
+              f"raises a fresh process's peak by {b['per_search_mb']} MB (measured by the script); a render thread "
+              f"holds one {meta['window_s']:g} s window of the widest library clip (6 ch × 96 kHz) as 16-bit WAV plus "
+              f"two blocks = {b['per_render_mb']} MB. Four search workers and four render threads: "
+              f"**{b['bound_mb']} MB over the idle app**, plus what Gradio itself holds per request (see "
+              f"*same-query*, whose hits are 3 s clips). The app sets glibc's mmap threshold to 1 MB "
+              f"(`return_freed_buffers_to_the_os`): by default freed MB-sized buffers stay in up to 8 arenas per "
+              f"core, and the peak grows with the number of threads that ever ran a search. Before these limits "
+              f"one such query took the app from 0.67 to 4.26 GB (issue 12). Ingest (admin only) holds the mono "
+              f"output at the model's rate, at most MAX_DURATION_S × rate × 4 B per file (2 h at 16 kHz: 460 MB; "
+              f"at aisfx's 44.1 kHz: 1.27 GB), and at most three import batches (cut at 600 s of audio by the "
+              f"headers, or one longer file) at a time.", ""]
     return "\n".join(lines)
 
 
@@ -467,7 +499,8 @@ def run_scenarios(args, scenarios: list[str], url: str, queries: list[Path], pro
     meta.update(normal_clients=args.normal_clients, hostile_clients=args.hostile_clients,
                 block_samples=BLOCK_SAMPLES, max_query_s=settings.max_query_s, model_rate=info.sample_rate,
                 window_s=segment_params(info)[0],
-                bound=memory_bound(info.sample_rate, settings.max_query_s, segment_params(info)[0], 96000, 6))
+                bound=memory_bound(search_working_set(tmp / "data", hostile_queries(tmp / "bombs")[0], args.model),
+                                   segment_params(info)[0], 96000, 6))
     print(json.dumps({"memory_bound": meta["bound"]}), flush=True)
     if args.write_md:
         write_section(public_markdown(results, meta), section=PUBLIC_SECTION)

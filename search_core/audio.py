@@ -26,8 +26,8 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", 
 #: A clip whose peak is below this is treated as silence (about -90 dBFS).
 SILENCE_PEAK = 3e-5
 
-#: Decoding reads at most this many samples (frames x channels) at a time: 4 MB of float32.
-BLOCK_SAMPLES = 1 << 20
+#: Decoding reads at most this many samples (frames x channels) at a time: 1 MB of float32.
+BLOCK_SAMPLES = 1 << 18
 
 
 class AudioError(ValueError):
