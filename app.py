@@ -16,6 +16,7 @@ import getpass
 import hmac
 import html
 import io
+import itertools
 import re
 import sys
 import tempfile
@@ -200,10 +201,15 @@ def hit_waveform(h, render_dir: Path):
     return _thumbnail(str(h.path), round(h.start_s, 3) if h.is_segment else None, round(h.end_s, 3), render_dir)
 
 
+#: Searches that hit the same long clip at once wait for one reading of it, not one each.
+_ENVELOPE_LOCKS = [threading.Lock() for _ in range(16)]
+
+
 @lru_cache(maxsize=1024)
 def _thumbnail_png(path: str, start_s: float | None, end_s: float) -> bytes:
     """The picture for :func:`hit_waveform`, cached: a clip that is a hit again costs nothing."""
-    env, dur = _envelope(path)
+    with _ENVELOPE_LOCKS[hash(path) % len(_ENVELOPE_LOCKS)]:
+        env, dur = _envelope(path)
     dur = max(dur, 1e-6)
     hl = (start_s / dur, end_s / dur) if start_s is not None else None
     return plots.image_bytes(plots.waveform_image(env, THUMB_W, THUMB_H, highlight=hl))
@@ -226,15 +232,8 @@ SEARCH_QUEUE = dict(concurrency_id="search", concurrency_limit=4)
 IMPORT_QUEUE = dict(concurrency_id="import", concurrency_limit=1)
 
 _RENDER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="render")
-_PRUNE_EVERY = 100
-_renders = {"n": 0}
-
-
-def _render_dir(svc_or_dir) -> Path:
-    """Where result pictures and segment audio are written (served as static files, never copied)."""
-    if isinstance(svc_or_dir, (str, Path)):
-        return Path(svc_or_dir)
-    return svc_or_dir.settings.data_dir / "render"
+_PRUNE_EVERY = 100  # searches between two sweeps of the render folder (files older than an hour go)
+_render_count = itertools.count(1)
 
 
 def query_note(q) -> str:
@@ -289,8 +288,7 @@ def search_outputs(res, model: str, render_dir: Path | None = None) -> list:
     table = [{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
               "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s,
               "label": h.clip.label, "speaker": h.clip.speaker} for h, _, _ in shown]
-    _renders["n"] += 1
-    if _renders["n"] % _PRUNE_EVERY == 1:
+    if next(_render_count) % _PRUNE_EVERY == 1:
         _RENDER_POOL.submit(plots.prune, render_dir)
     return outs + [table]
 
@@ -334,7 +332,7 @@ def build_app(svc: LibraryService, access: Access = Access()) -> gr.Blocks:
     # hits are played straight from the library folder (already served: see launch_kwargs), not
     # copied into Gradio's cache and hashed on every search; result pictures and segment audio are
     # written once under content names in the render folder and served from there the same way
-    render_dir = _render_dir(svc)
+    render_dir = svc.settings.data_dir / "render"  # result pictures and segment audio (see search_outputs)
     render_dir.mkdir(parents=True, exist_ok=True)
     gr.set_static_paths([str(svc.library_dir), str(render_dir)])
 
