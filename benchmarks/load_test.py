@@ -273,8 +273,9 @@ def run_hostile(url: str, normal: list[Path], bombs: list[Path], model: str, k: 
 
 
 def search_working_set(data: Path, bomb: Path, model: str) -> float:
-    """Peak growth (MB) of one search on a query at the length limit, measured in a fresh process:
-    streamed decode, the query part, the model's work on it and the query's two pictures."""
+    """Peak growth (MB) of one search on a query at the length limit, measured in a fresh process on
+    an empty ``data`` folder (the app holds its own): streamed decode, the query part, the model's
+    work on it and the query's two pictures."""
     code = f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
@@ -499,7 +500,7 @@ def run_scenarios(args, scenarios: list[str], url: str, queries: list[Path], pro
     meta.update(normal_clients=args.normal_clients, hostile_clients=args.hostile_clients,
                 block_samples=BLOCK_SAMPLES, max_query_s=settings.max_query_s, model_rate=info.sample_rate,
                 window_s=segment_params(info)[0],
-                bound=memory_bound(search_working_set(tmp / "data", hostile_queries(tmp / "bombs")[0], args.model),
+                bound=memory_bound(search_working_set(tmp / "measure", hostile_queries(tmp / "bombs")[0], args.model),
                                    segment_params(info)[0], 96000, 6))
     print(json.dumps({"memory_bound": meta["bound"]}), flush=True)
     if args.write_md:
