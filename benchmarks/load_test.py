@@ -341,7 +341,14 @@ def public_markdown(results: dict, meta: dict) -> str:
                      f"{r['p95_ms']} | {r['max_ms']} | {host} | {r.get('hostile_p50_ms') or '–'} | "
                      f"{r['idle_rss_mb']} → {r['peak_rss_mb']} |")
     parts = sorted({p for r in results.values() for p in r.get("hostile_parts", [])})
-    lines += ["", f"What the hostile queries got: {'; '.join(parts) or '–'}.", "",
+    grown = {n: round(r["peak_rss_mb"] - r["idle_rss_mb"], 1) for n, r in results.items()
+             if r.get("peak_rss_mb") is not None and r.get("idle_rss_mb") is not None}
+    lines += ["", f"What the hostile queries got: {'; '.join(parts) or '–'}. Peak over idle: "
+              + ", ".join(f"{n} +{g} MB" for n, g in grown.items())
+              + f" (bound below: {b['bound_mb']} MB). The load average was {meta.get('load_avg_after')} on "
+              f"{meta['cpus']} CPUs at the end (other jobs shared the machine), so latencies are pessimistic; "
+              f"a hostile query now holds a search worker for seconds (its first {meta['max_query_s']:g} s), "
+              f"not the 274 s of a whole 2-h decode with aisfx.", "",
               f"**Memory bound.** Files are decoded in blocks of {meta['block_samples']:,} samples and a query "
               f"only for its first {meta['max_query_s']:g} s, so what one request can hold no longer depends on "
               f"the file. One search on a query at that limit (the 20-min 6-ch 96 kHz FLAC: streamed decode, the "
@@ -502,6 +509,7 @@ def run_scenarios(args, scenarios: list[str], url: str, queries: list[Path], pro
                 window_s=segment_params(info)[0],
                 bound=memory_bound(search_working_set(tmp / "measure", hostile_queries(tmp / "bombs")[0], args.model),
                                    segment_params(info)[0], 96000, 6))
+    meta["load_avg_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps({"memory_bound": meta["bound"]}), flush=True)
     if args.write_md:
         write_section(public_markdown(results, meta), section=PUBLIC_SECTION)
