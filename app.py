@@ -16,8 +16,11 @@ import functools
 import getpass
 import hmac
 import html
+import io
+import itertools
 import re
 import sys
+import tempfile
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -159,19 +162,24 @@ def hit_html(h) -> str:
 def hit_audio(h):
     """The stored file for a whole clip; just the matching range for a segment of a long file.
 
-    The range is read directly (no decoding of the rest) when libsndfile can seek the file.
+    Only the range is decoded (libsndfile seeks; other formats are decoded up to its end, in blocks).
     """
     if not h.is_segment:
         return str(h.path)
-    try:
-        with sf.SoundFile(str(h.path)) as f:
-            rate = f.samplerate
-            f.seek(min(int(h.start_s * rate), f.frames))
-            return rate, f.read(max(0, int((h.end_s - h.start_s) * rate)), dtype="float32")
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        a = audio_mod.load(h.path, None, max_bytes=1 << 62, max_duration_s=1e9)
-        s, e = int(h.start_s * a.sample_rate), int(h.end_s * a.sample_rate)
-        return a.sample_rate, a.samples[s:e]
+    data, rate = audio_mod.read_part(h.path, h.start_s, h.end_s - h.start_s)
+    return rate, data
+
+
+def segment_wav(h) -> bytes:
+    """The hit's matching range as 16-bit WAV bytes, decoded block by block (memory: one block and
+    the WAV, whatever the file's length and channel count)."""
+    info = audio_mod.probe(h.path)
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", info.sample_rate, info.channels, format="WAV", subtype="PCM_16") as out:
+        for block in audio_mod.blocks(h.path, start_frame=int(h.start_s * info.sample_rate),
+                                      max_frames=int((h.end_s - h.start_s) * info.sample_rate)):
+            out.write(block)
+    return buf.getvalue()
 
 
 THUMB_W, THUMB_H = 400, 56
@@ -181,74 +189,107 @@ THUMB_W, THUMB_H = 400, 56
 def _envelope(path: str, columns: int = THUMB_W) -> tuple[np.ndarray, float]:
     """Min/max of the mono mix per pixel column of a stored file, and its duration in seconds.
 
-    Cached per path: library files are named by their content hash, so they never change. Files
-    libsndfile can read are streamed in blocks (memory stays small for hour-long recordings);
-    other formats are decoded once at 8 kHz.
+    Cached per path: library files are named by their content hash, so they never change. The file
+    is streamed in blocks of ``audio.BLOCK_SAMPLES`` samples: memory stays a few MB for any length.
     """
-    try:
-        with sf.SoundFile(path) as f:
-            frames, rate = f.frames, f.samplerate
-            if frames <= 0:
-                raise RuntimeError("unknown length")
-            per_col = -(-frames // columns)
-            lo, hi = [], []
-            for block in f.blocks(blocksize=per_col * 256, dtype="float32", always_2d=True):
-                mono = block.mean(axis=1)
-                pad = (-len(mono)) % per_col
-                cols = np.pad(mono, (0, pad), mode="edge").reshape(-1, per_col)
-                lo.append(cols.min(axis=1))
-                hi.append(cols.max(axis=1))
-            env = np.column_stack([np.concatenate(lo), np.concatenate(hi)]).ravel()
-            return env, frames / rate
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        a = audio_mod.load(path, 8000, max_bytes=1 << 62, max_duration_s=1e9)
-        return a.samples, a.duration_s
+    info = audio_mod.probe(path)
+    return plots.envelope(audio_mod.blocks(path), info.frames, columns), info.duration_s
 
 
-def hit_waveform(h):
-    """A small waveform picture of the hit's file; the matching range is highlighted for a segment."""
-    return _thumbnail(str(h.path), round(h.start_s, 3) if h.is_segment else None, round(h.end_s, 3))
+def hit_waveform(h, render_dir: Path):
+    """A small waveform picture of the hit's file (a PNG path); the matching range is highlighted for a segment."""
+    return _thumbnail(str(h.path), round(h.start_s, 3) if h.is_segment else None, round(h.end_s, 3), render_dir)
+
+
+#: Searches that hit the same long clip at once wait for one reading of it, not one each.
+_ENVELOPE_LOCKS = [threading.Lock() for _ in range(16)]
 
 
 @lru_cache(maxsize=1024)
-def _thumbnail(path: str, start_s: float | None, end_s: float):
+def _thumbnail_png(path: str, start_s: float | None, end_s: float) -> bytes:
     """The picture for :func:`hit_waveform`, cached: a clip that is a hit again costs nothing."""
-    env, dur = _envelope(path)
+    with _ENVELOPE_LOCKS[hash(path) % len(_ENVELOPE_LOCKS)]:
+        env, dur = _envelope(path)
     dur = max(dur, 1e-6)
     hl = (start_s / dur, end_s / dur) if start_s is not None else None
-    return plots.waveform_image(env, THUMB_W, THUMB_H, highlight=hl)
+    return plots.image_bytes(plots.waveform_image(env, THUMB_W, THUMB_H, highlight=hl))
 
+
+def _thumbnail(path: str, start_s: float | None, end_s: float, render_dir: Path) -> str:
+    return str(plots.save_once(_thumbnail_png(path, start_s, end_s), render_dir, ".png"))
+
+
+def _player(h, render_dir: Path):
+    """The hit's player value: the library file itself, or the segment written once under its content hash."""
+    if h.is_segment:
+        return str(plots.save_once(segment_wav(h), render_dir, ".wav"))
+    return str(h.path)
+
+
+#: Searches (and speaker identification) share four workers; imports (upload, folder, enrolment)
+#: run one at a time in their own group, so a long import never takes a search worker.
+SEARCH_QUEUE = dict(concurrency_id="search", concurrency_limit=4)
+IMPORT_QUEUE = dict(concurrency_id="import", concurrency_limit=1)
 
 _RENDER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="render")
+_PRUNE_EVERY = 100  # searches between two sweeps of the render folder (files older than an hour go)
+_render_count = itertools.count(1)
 
 
-def search_outputs(res, model: str) -> list:
+def query_note(q) -> str:
+    """``(query 4.2 s)``, or which part of a long query was searched."""
+    if q.is_part:
+        return (f"(searched the first {audio_mod.fmt_seconds(q.duration_s)} of the "
+                f"{audio_mod.fmt_seconds(q.source_duration_s)} query)")
+    return f"(query {q.duration_s:.1f} s)"
+
+
+def search_outputs(res, model: str, render_dir: Path | None = None) -> list:
     """The Search tab's outputs for a ``SearchResult``, in the order of the /search endpoint.
 
     Query waveform, query spectrogram, status text, then ``MAX_K`` slots of (visibility, audio,
     info HTML, waveform image), then the hits as data. Pictures and segment audio are made in a
-    small thread pool, concurrently, so 20 hits cost about as much as the slowest few.
+    small thread pool, concurrently, so 20 hits cost about as much as the slowest few. Each is a
+    file written once, atomically, under its content hash in ``render_dir`` (Gradio would rewrite
+    identical results in place while another response streams them). A hit whose library file
+    went away (the clip was just deleted) drops out.
     """
+    render_dir = Path(render_dir) if render_dir is not None else Path(tempfile.gettempdir()) / "audiosearch-render"
     q = res.query
-    status = (f"**{len(res.hits)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
-              f"(query {q.duration_s:.1f} s). Score = cosine similarity of the embeddings; "
+    q_wave = _RENDER_POOL.submit(lambda: str(plots.save_once(
+        plots.image_bytes(plots.waveform_image(q.samples, 640, 80)), render_dir, ".png")))
+    q_spec = _RENDER_POOL.submit(lambda: str(plots.save_once(
+        plots.image_bytes(plots.spectrogram_image(q.samples, q.sample_rate, 640, 120), "jpeg"), render_dir, ".jpg")))
+    audios = [_RENDER_POOL.submit(_player, h, render_dir) for h in res.hits]
+    waves = [_RENDER_POOL.submit(hit_waveform, h, render_dir) for h in res.hits]
+    shown = []
+    for h, a, w in zip(res.hits, audios, waves):
+        try:
+            player, wave = a.result(), w.result()
+        except (FileNotFoundError, AudioError):
+            if h.path.is_file():
+                raise
+            continue  # deleted while this search ran
+        if isinstance(player, str) and not Path(player).is_file():
+            continue
+        shown.append((h, player, wave))
+    status = (f"**{len(shown)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
+              f"{query_note(q)}. Score = cosine similarity of the embeddings; "
               f"distance = 1 − score.")
     if not res.hits:
         status += " The library has no clips for this model yet: add some in the Library tab."
-    q_wave = _RENDER_POOL.submit(plots.waveform_image, q.samples, 640, 80)
-    q_spec = _RENDER_POOL.submit(plots.spectrogram_image, q.samples, q.sample_rate, 640, 120)
-    audios = [_RENDER_POOL.submit(hit_audio, h) for h in res.hits]
-    waves = [_RENDER_POOL.submit(hit_waveform, h) for h in res.hits]
     outs = [q_wave.result(), q_spec.result(), status]
     for i in range(MAX_K):
-        if i < len(res.hits):
-            h = res.hits[i]
-            outs += [gr.update(visible=True), audios[i].result(), hit_html(h), waves[i].result()]
+        if i < len(shown):
+            h, player, wave = shown[i]
+            outs += [gr.update(visible=True), player, hit_html(h), wave]
         else:
             outs += [gr.update(visible=False), None, "", None]
     table = [{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
               "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s,
-              "label": h.clip.label, "speaker": h.clip.speaker} for h in res.hits]
+              "label": h.clip.label, "speaker": h.clip.speaker} for h, _, _ in shown]
+    if next(_render_count) % _PRUNE_EVERY == 1:
+        _RENDER_POOL.submit(plots.prune, render_dir)
     return outs + [table]
 
 
@@ -293,8 +334,11 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
     default_model = sound_default if sound_default in names else (names[0] if names else None)
     examples = sorted(str(p) for p in ASSETS.glob("*.wav"))
     # hits are played straight from the library folder (already served: see launch_kwargs), not
-    # copied into Gradio's cache and hashed on every search
-    gr.set_static_paths([str(svc.library_dir)])
+    # copied into Gradio's cache and hashed on every search; result pictures and segment audio are
+    # written once under content names in the render folder and served from there the same way
+    render_dir = svc.settings.data_dir / "render"  # result pictures and segment audio (see search_outputs)
+    render_dir.mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths([str(svc.library_dir), str(render_dir)])
 
     throttle = guard.throttle if guard is not None else LoginThrottle(account=access.user)
 
@@ -322,7 +366,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         except FRIENDLY_ERRORS as err:
             raise gr.Error(public_message(err))
         progress(0.6, desc="preparing results")
-        return search_outputs(res, model)
+        return search_outputs(res, model, render_dir)
 
     def do_ingest(files, model, label, speaker, tags, state, request: gr.Request,
                   progress=gr.Progress(track_tqdm=True)):
@@ -523,7 +567,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                     with gr.Accordion("Results as data", open=False):
                         table = gr.JSON(label="hits")
             go.click(do_search, [query, model, k, f_label, f_speaker, f_source, f_tag],
-                     [q_wave, q_spec, status] + slots + [table], api_name="search")
+                     [q_wave, q_spec, status] + slots + [table], api_name="search", **SEARCH_QUEUE)
 
         with gr.Tab("Library", id="library"):
             counts = gr.Markdown(counts_md, elem_id="library-counts")  # fresh on every page load
@@ -566,9 +610,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                 drop_btn = gr.Button("Drop collection", variant="stop")
 
             add_btn.click(do_ingest, [files, lib_model, label_in, speaker_in, tags_in, state],
-                          [report, counts, grid], api_name="ingest")
+                          [report, counts, grid], api_name="ingest", **IMPORT_QUEUE)
             folder_btn.click(do_import_folder, [folder, lib_model, state], [report, counts, grid],
-                             api_name="import_folder")
+                             api_name="import_folder", **IMPORT_QUEUE)
             for trigger in (refresh.click, browse_q.submit, lib_model.change, page.change):
                 trigger(browse_rows, [lib_model, browse_q, page], [grid], api_name=False)
             del_btn.click(do_delete, [del_id, lib_model, browse_q, state], [counts, grid], api_name="delete")
@@ -603,8 +647,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                 sp_del_name = gr.Textbox(label="Speaker to delete (for the selected model)")
                 sp_del_btn = gr.Button("Delete speaker", variant="stop")
             enrol_btn.click(do_enrol, [sp_name, sp_clips, sp_model, sp_add, state], [enrol_status, sp_grid],
-                            api_name="enrol_speaker")
-            id_btn.click(do_identify, [id_clip, sp_model], [id_result, id_table], api_name="identify_speaker")
+                            api_name="enrol_speaker", **IMPORT_QUEUE)
+            id_btn.click(do_identify, [id_clip, sp_model], [id_result, id_table], api_name="identify_speaker",
+                         **SEARCH_QUEUE)
             sp_del_btn.click(do_delete_speaker, [sp_del_name, sp_model, state], [sp_grid], api_name="delete_speaker")
             gr.Button("List speakers", visible=False).click(speaker_rows, None, [sp_grid], api_name="speakers")
 
@@ -657,12 +702,28 @@ def launch_kwargs(settings: Settings, access: Access, guard: Guard | None = None
     return kw
 
 
+def return_freed_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
+    """Have glibc map buffers of ``threshold`` bytes or more on their own and unmap them when freed.
+
+    Its default threshold rises to the largest buffer freed so far (up to 32 MB), after which MB-sized
+    decode blocks, query parts and pictures are kept in per-thread arenas (up to 8 per core), and the
+    server's RSS grows to arenas x working set instead of the work in flight. Returns False where
+    there is no glibc (the setting is then left alone).
+    """
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Audio similarity search (Gradio app)")
     parser.add_argument("--share", action="store_true", help="publish a public Gradio link (admin login required)")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7860")))
     args = parser.parse_args(argv)
+    return_freed_buffers_to_the_os()
     access = access_from_env(args.share)
     settings = get_settings()
     gs = GuardSettings.from_env()

@@ -2,6 +2,7 @@
 
     python benchmarks/load_test.py                       # 200 searches, 1/4/8 clients, 200-clip library
     python benchmarks/load_test.py --requests 100 --concurrency 4 --write-md
+    python benchmarks/load_test.py --scenarios same-query,hostile --write-md   # issue 12 cases
 
 Starts ``app.py`` on 127.0.0.1 with a throw-away data folder (or uses ``--url``, which must be a
 loopback address), fills the library with generated clips through the engine, then sends
@@ -11,6 +12,15 @@ Everything is bounded: a request count, a per-level time limit, and only 127.0.0
 
 Prints one JSON line per concurrency level (throughput, latency percentiles, errors) and, with
 ``--write-md``, rewrites the ``## Load test`` section of BENCHMARKS.md.
+
+``--scenarios`` adds the public-link cases (each with the app's peak RSS during it):
+
+* ``same-query``: 8 clients send the same query at once (identical result files for everyone);
+* ``hostile``: clients upload small files that decode to gigabytes (20 min x 6 ch x 96 kHz and
+  2 h mono 8 kHz FLAC, mostly silence) in a loop while others send normal searches; the library
+  also holds a 20-min 6-channel 96 kHz clip, so long-clip thumbnails and segments are drawn.
+
+With ``--write-md`` and scenarios, only the ``## Load test: public link`` section is rewritten.
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SECTION = "## Load test"
+PUBLIC_SECTION = "## Load test: public link"
 ENGINE_MS = re.compile(r"hits with \*\*[a-z0-9_]+\*\* in (\d+) ms")
 
 
@@ -70,9 +81,9 @@ def app_env(data: Path) -> dict:
     return env
 
 
-def fill_library(data: Path, n: int, model: str) -> float:
+def fill_library(data: Path, n: int, model: str, extra: int = 0) -> float:
     """Index ``n`` generated clips into ``data`` with the CLI (a separate process: Milvus Lite
-    holds its data folder until the process exits)."""
+    holds its data folder until the process exits). ``extra``: audio files already in the folder."""
     folder = data.parent / "clips"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -80,7 +91,7 @@ def fill_library(data: Path, n: int, model: str) -> float:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "search_core", "ingest", str(folder), "--model", model, "--quiet"],
                        cwd=REPO, env=app_env(data), capture_output=True, text=True)
-    if r.returncode != 0 or f"library: {n} clips" not in r.stdout:
+    if r.returncode != 0 or f"library: {n + extra} clips" not in r.stdout:
         raise RuntimeError(f"indexing failed: {r.stdout[-500:]} {r.stderr[-1500:]}")
     return time.perf_counter() - t0
 
@@ -107,7 +118,7 @@ def start_app(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def run_level(url: str, queries: list[Path], model: str, k: int, requests: int, concurrency: int,
-              time_limit: float) -> dict:
+              time_limit: float, check_top1: bool = True) -> dict:
     """``requests`` searches from ``concurrency`` client sessions; stops starting new ones at ``time_limit``."""
     from gradio_client import Client, handle_file
 
@@ -140,7 +151,7 @@ def run_level(url: str, queries: list[Path], model: str, k: int, requests: int, 
                     latencies.append(dt)
                     if m:
                         engine.append(float(m.group(1)) / 1000)
-                    if not hits or hits[0]["name"] != q.name:  # each query is in the library: it must come first
+                    if check_top1 and (not hits or hits[0]["name"] != q.name):  # a library clip: it must come first
                         wrong += 1
             except Exception as err:  # counted and reported, the run goes on
                 with lock:
@@ -159,6 +170,201 @@ def run_level(url: str, queries: list[Path], model: str, k: int, requests: int, 
             "wrong_top1": wrong, "wall_s": round(wall, 2), "throughput_rps": round(done / wall, 2) if wall else 0,
             **percentiles(latencies), "engine_p50_ms": percentiles(engine)["p50_ms"],
             "error_samples": sorted(set(errors))[:3]}
+
+
+def long_flac(path: Path, seconds: float, rate: int, channels: int, loud_s: float = 3.0, seed: int = 7,
+              bursts: bool = False) -> Path:
+    """A small FLAC that decodes to a lot: ``loud_s`` of sound, then silence, written in blocks.
+
+    ``bursts``: a 50 ms tone of its own pitch every 2.5 s instead of pure silence, so that every
+    segment of the file embeds differently (hundreds of identical silent segment vectors would
+    crowd the HNSW graph and hide the true top hit of other queries)."""
+    hop = int(2.5 * rate)
+    with sf.SoundFile(str(path), "w", rate, channels, subtype="PCM_16", format="FLAC") as f:
+        head = clip(seed, loud_s, rate)
+        f.write(np.repeat(head[:, None], channels, axis=1))
+        left, i = int(seconds * rate) - len(head), 0
+        chunk = np.zeros((hop, channels), np.int16)
+        t = np.arange(int(0.05 * rate)) / rate
+        while left > 0:
+            chunk[:] = 0
+            if bursts:
+                chunk[:len(t)] = (8000 * np.sin(2 * np.pi * (150 + 53 * (i % 97)) * t))[:, None].astype(np.int16)
+            f.write(chunk[:min(hop, left)])
+            left -= hop
+            i += 1
+    return path
+
+
+def hostile_queries(folder: Path) -> list[Path]:
+    """The issue's decompression bombs as queries: 20 min x 6 ch x 96 kHz and 119 min mono 8 kHz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [long_flac(folder / "bomb_20min_6ch_96k.flac", 20 * 60, 96000, 6, seed=11),
+            long_flac(folder / "bomb_2h_mono_8k.flac", 119 * 60, 8000, 1, seed=12)]
+
+
+def rss(pid: int) -> dict:
+    """Current and peak resident set of ``pid`` in MB (VmRSS / VmHWM of /proc/PID/status)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = round(int(line.split()[1]) / 1024, 1)
+    return {"rss_mb": out.get("VmRSS"), "peak_rss_mb": out.get("VmHWM")}
+
+
+def reset_peak(pid: int) -> bool:
+    """Start a new peak-RSS measurement for our own child (``5`` > clear_refs resets VmHWM)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_hostile(url: str, normal: list[Path], bombs: list[Path], model: str, k: int, requests: int,
+                normal_clients: int, hostile_clients: int, time_limit: float) -> dict:
+    """``hostile_clients`` upload decompression bombs in a loop while ``normal_clients`` send ``requests``
+    normal searches; returns the normal searches' figures plus the hostile ones'."""
+    from gradio_client import Client, handle_file
+
+    stop = threading.Event()
+    lock = threading.Lock()
+    bad = {"ok": 0, "errors": [], "latencies": [], "parts": set()}
+
+    def hostile(idx: int) -> None:
+        client = Client(url, verbose=False)
+        i = idx
+        try:
+            while not stop.is_set():
+                q = bombs[i % len(bombs)]
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    out = client.predict(query_path=handle_file(str(q)), model=model, k=k, api_name="/search")
+                    note = next((o for o in out if isinstance(o, str) and "hits with" in o), "")
+                    with lock:
+                        bad["ok"] += 1
+                        bad["latencies"].append(time.perf_counter() - t0)
+                        m = re.search(r"\(searched the first [^)]*\)", note)
+                        bad["parts"].add(m.group(0) if m else note[:80])
+                except Exception as err:
+                    with lock:
+                        bad["errors"].append(f"{type(err).__name__}: {str(err)[:120]}")
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=hostile, args=(i,), daemon=True) for i in range(hostile_clients)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)  # the bombs are in flight before the first normal search
+    try:
+        r = run_level(url, normal, model, k, requests, normal_clients, time_limit)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(300)
+    lat = percentiles(bad["latencies"])
+    r.update({"hostile_clients": hostile_clients, "hostile_ok": bad["ok"], "hostile_errors": len(bad["errors"]),
+              "hostile_p50_ms": lat["p50_ms"], "hostile_max_ms": lat["max_ms"],
+              "hostile_parts": sorted(bad["parts"]), "hostile_error_samples": sorted(set(bad["errors"]))[:3]})
+    return r
+
+
+def search_working_set(data: Path, bomb: Path, model: str) -> float:
+    """Peak growth (MB) of one search on a query at the length limit, measured in a fresh process on
+    an empty ``data`` folder (the app holds its own): streamed decode, the query part, the model's
+    work on it and the query's two pictures."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+import app
+from search_core import plots
+from search_core.service import LibraryService
+app.return_freed_buffers_to_the_os()
+def hwm():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) * 1024
+svc = LibraryService(recover=False)
+def one(q):
+    a, _ = svc.embed_query(q, {model!r})
+    plots.image_bytes(plots.waveform_image(a.samples, 640, 80))
+    plots.image_bytes(plots.spectrogram_image(a.samples, a.sample_rate, 640, 120), "jpeg")
+one({str(bomb)!r})  # warm-up: imports, first-call compilation
+open("/proc/self/clear_refs", "w").write("5")  # the peak restarts from here
+base = hwm()
+one({str(bomb)!r})
+print(json.dumps(hwm() - base))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=app_env(data), capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-1500:])
+    return round(json.loads(r.stdout.strip().splitlines()[-1]) / 2**20, 1)
+
+
+def memory_bound(search_mb: float, window_s: float, wide_rate: int, wide_channels: int,
+                 workers: int = 4, render_threads: int = 4) -> dict:
+    """The app's peak over its idle resident set, derived from the limits (MB): each search worker
+    holds at most one search on a query part at the length limit (``search_mb``, measured), each
+    render thread one decode block and one window of the widest library clip as 16-bit WAV (the
+    player of a segment hit; its thumbnail streams one block)."""
+    from search_core.audio import BLOCK_SAMPLES
+
+    block = BLOCK_SAMPLES * 4
+    per_render = 2 * block + window_s * wide_rate * wide_channels * 2
+    mb = lambda x: round(x / 2**20, 1)  # noqa: E731
+    return {"per_search_mb": search_mb, "per_render_mb": mb(per_render),
+            "bound_mb": round(workers * search_mb + render_threads * per_render / 2**20, 1)}
+
+
+def public_markdown(results: dict, meta: dict) -> str:
+    b = meta["bound"]
+    lines = [PUBLIC_SECTION, "",
+             f"`python benchmarks/load_test.py --scenarios {','.join(results)} --requests {meta['requests']} "
+             f"--clips {meta['clips']} --write-md` ({meta['when']}, {meta['cpus']} CPUs, load average before "
+             f"the run {meta['load_avg_1m']}).", "",
+             f"The app on 127.0.0.1 (search queue: 4 workers) with a library of {meta['clips']} generated 3 s clips "
+             f"plus one 20-min 6-channel 96 kHz clip (mostly silence; its hits draw the long-clip thumbnail and "
+             f"segment), indexed with `{meta['model']}`. *same-query*: 8 clients send the same library clip at "
+             f"once, so every response carries the same result files. *hostile*: {meta['hostile_clients']} "
+             f"clients upload, in a loop, the issue's small files that decode to gigabytes (a 20-min 6-ch 96 kHz "
+             f"FLAC and a 2-h mono 8 kHz FLAC, about 1 MB each) while {meta['normal_clients']} clients send "
+             f"normal 3 s searches. Peak RSS is the app's VmHWM during the scenario (reset before it); idle is its "
+             f"RSS before.", "",
+             "| scenario | normal requests | errors | wrong top-1 | p50 (ms) | p95 (ms) | max (ms) "
+             "| hostile requests (errors) | hostile p50 (ms) | app RSS idle → peak (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        host = f"{r['hostile_ok'] + r['hostile_errors']} ({r['hostile_errors']})" if "hostile_ok" in r else "–"
+        lines.append(f"| {name} | {r['requests']} | {r['errors']} | {r['wrong_top1']} | {r['p50_ms']} | "
+                     f"{r['p95_ms']} | {r['max_ms']} | {host} | {r.get('hostile_p50_ms') or '–'} | "
+                     f"{r['idle_rss_mb']} → {r['peak_rss_mb']} |")
+    parts = sorted({p for r in results.values() for p in r.get("hostile_parts", [])})
+    grown = {n: round(r["peak_rss_mb"] - r["idle_rss_mb"], 1) for n, r in results.items()
+             if r.get("peak_rss_mb") is not None and r.get("idle_rss_mb") is not None}
+    lines += ["", f"What the hostile queries got: {'; '.join(parts) or '–'}. Peak over idle: "
+              + ", ".join(f"{n} +{g} MB" for n, g in grown.items())
+              + f" (bound below: {b['bound_mb']} MB). The load average was {meta.get('load_avg_after')} on "
+              f"{meta['cpus']} CPUs at the end (other jobs shared the machine), so latencies are pessimistic; "
+              f"a hostile query now holds a search worker for seconds (its first {meta['max_query_s']:g} s), "
+              f"not the 274 s of a whole 2-h decode with aisfx.", "",
+              f"**Memory bound.** Files are decoded in blocks of {meta['block_samples']:,} samples and a query "
+              f"only for its first {meta['max_query_s']:g} s, so what one request can hold no longer depends on "
+              f"the file. One search on a query at that limit (the 20-min 6-ch 96 kHz FLAC: streamed decode, the "
+              f"part at {meta['model_rate'] / 1000:g} kHz, the model's work on it and the query's two pictures) "
+              f"raises a fresh process's peak by {b['per_search_mb']} MB (measured by the script); a render thread "
+              f"holds one {meta['window_s']:g} s window of the widest library clip (6 ch × 96 kHz) as 16-bit WAV plus "
+              f"two blocks = {b['per_render_mb']} MB. Four search workers and four render threads: "
+              f"**{b['bound_mb']} MB over the idle app**, plus what Gradio itself holds per request (see "
+              f"*same-query*, whose hits are 3 s clips). The app sets glibc's mmap threshold to 1 MB "
+              f"(`return_freed_buffers_to_the_os`): by default freed MB-sized buffers stay in up to 8 arenas per "
+              f"core, and the peak grows with the number of threads that ever ran a search. Before these limits "
+              f"one such query took the app from 0.67 to 4.26 GB (issue 12). Ingest (admin only) holds the mono "
+              f"output at the model's rate, at most MAX_DURATION_S × rate × 4 B per file (2 h at 16 kHz: 460 MB; "
+              f"at aisfx's 44.1 kHz: 1.27 GB), and at most three import batches (cut at 600 s of audio by the "
+              f"headers, or one longer file) at a time.", ""]
+    return "\n".join(lines)
 
 
 def markdown(results: list[dict], meta: dict) -> str:
@@ -187,12 +393,14 @@ def markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(md: str, path: Path = REPO / "BENCHMARKS.md") -> None:
-    """Replace (or append) the ``## Load test`` section, leaving the other sections as they are."""
+def write_section(md: str, path: Path = REPO / "BENCHMARKS.md", section: str = SECTION) -> None:
+    """Replace (or append) the ``section``, leaving the other sections as they are."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
+    heading = re.compile("^" + re.escape(section) + "$", re.M)
+    found = heading.search(text)
+    if found:
+        start = found.start()
+        nxt = text.find("\n## ", start + len(section))
         text = text[:start] + md.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
     else:
         text = text.rstrip() + "\n\n" + md.rstrip() + "\n"
@@ -210,7 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per level before no new request starts")
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--write-md", action="store_true", help="rewrite the '## Load test' section of BENCHMARKS.md")
+    p.add_argument("--scenarios", default="", help="instead of the levels: same-query and/or hostile (comma-separated)")
+    p.add_argument("--normal-clients", type=int, default=4, help="hostile scenario: clients sending normal searches")
+    p.add_argument("--hostile-clients", type=int, default=4, help="hostile scenario: clients uploading decode bombs")
     args = p.parse_args(argv)
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    if any(x not in ("same-query", "hostile") for x in scenarios):
+        p.error("--scenarios: same-query, hostile")
+    if scenarios and args.url:
+        p.error("--scenarios starts its own app (it reads the app's memory)")
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if not (1 <= args.requests <= 2000) or not levels or not all(1 <= c <= 32 for c in levels):
         p.error("requests must be 1..2000 and each concurrency 1..32")
@@ -229,11 +445,16 @@ def main(argv: list[str] | None = None) -> int:
             if not queries:
                 p.error("with --url, give --queries: a folder of wav clips that are in that app's library")
         else:
-            meta["index_s"] = round(fill_library(tmp / "data", args.clips, args.model), 1)
+            if scenarios:  # a long, wide library clip: its hits draw long-clip thumbnails and segments
+                (tmp / "clips").mkdir(parents=True, exist_ok=True)
+                long_flac(tmp / "clips" / "wide_20min_6ch_96k.flac", 20 * 60, 96000, 6, seed=99, bursts=True)
+            meta["index_s"] = round(fill_library(tmp / "data", args.clips, args.model, extra=int(bool(scenarios))), 1)
             proc, url = start_app(tmp / "data", tmp / "app.log")
             queries = sorted((tmp / "clips").glob("*.wav"))
         # one warm-up search (model load, first Milvus query) outside the measurements
         run_level(url, queries[:1], args.model, args.k, 1, 1, 60)
+        if scenarios:
+            return run_scenarios(args, scenarios, url, queries, proc, tmp, meta)
         results = []
         for c in levels:
             r = run_level(url, queries, args.model, args.k, args.requests, c, args.time_limit)
@@ -260,6 +481,39 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
     return 0
 
+
+def run_scenarios(args, scenarios: list[str], url: str, queries: list[Path], proc, tmp: Path, meta: dict) -> int:
+    """The public-link cases; each measures the app's peak RSS while it runs (our own child only)."""
+    from search_core.audio import BLOCK_SAMPLES
+    from search_core.config import get_settings
+    from search_core.models import get_model
+    from search_core.service import segment_params
+
+    info = get_model(args.model).info
+    settings = get_settings()
+    results = {}
+    for name in scenarios:
+        idle = rss(proc.pid)["rss_mb"] if proc else None
+        if proc:
+            reset_peak(proc.pid)
+        if name == "same-query":
+            r = run_level(url, queries[:1], args.model, args.k, args.requests, 8, args.time_limit)
+        else:
+            r = run_hostile(url, queries, hostile_queries(tmp / "bombs"), args.model, args.k, args.requests,
+                            args.normal_clients, args.hostile_clients, args.time_limit)
+        r.update(idle_rss_mb=idle, peak_rss_mb=rss(proc.pid)["peak_rss_mb"] if proc else None)
+        print(json.dumps({"scenario": name, **r}), flush=True)
+        results[name] = r
+    meta.update(normal_clients=args.normal_clients, hostile_clients=args.hostile_clients,
+                block_samples=BLOCK_SAMPLES, max_query_s=settings.max_query_s, model_rate=info.sample_rate,
+                window_s=segment_params(info)[0],
+                bound=memory_bound(search_working_set(tmp / "measure", hostile_queries(tmp / "bombs")[0], args.model),
+                                   segment_params(info)[0], 96000, 6))
+    meta["load_avg_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps({"memory_bound": meta["bound"]}), flush=True)
+    if args.write_md:
+        write_section(public_markdown(results, meta), section=PUBLIC_SECTION)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

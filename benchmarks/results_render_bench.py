@@ -89,11 +89,11 @@ def main() -> None:
 
             def cold():
                 app._envelope.cache_clear()
-                app._thumbnail.cache_clear()
-                app.search_outputs(res, MODEL)
+                app._thumbnail_png.cache_clear()
+                app.search_outputs(res, MODEL, tmp / "render")
 
             t_cold = timed(cold, repeat=3)
-            t_warm = timed(app.search_outputs, res, MODEL)
+            t_warm = timed(app.search_outputs, res, MODEL, tmp / "render")
             t_http = through_http(svc, query)
         finally:
             svc.close()

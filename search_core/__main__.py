@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .audio import AudioError
+from .audio import AudioError, fmt_seconds
 from .config import get_settings
 from .models import WeightsNotInstalled, describe, model_names
 
@@ -87,7 +87,9 @@ def cmd_search(args) -> int:
                  "distance": round(h.distance, 4), "start_s": h.start_s, "end_s": h.end_s, "label": h.clip.label,
                  "speaker": h.clip.speaker, "path": str(h.path)} for h in res.hits]}))
             continue
-        print(f"{file}: {len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms)")
+        part = (f", searched its first {fmt_seconds(res.query.duration_s)} of "
+                f"{fmt_seconds(res.query.source_duration_s)}" if res.query.is_part else "")
+        print(f"{file}: {len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms{part})")
         for h in res.hits:
             where = f" [{h.start_s:.1f}-{h.end_s:.1f} s]" if h.is_segment else ""
             extra = " ".join(f"{k}={v}" for k, v in (("label", h.clip.label), ("speaker", h.clip.speaker)) if v)

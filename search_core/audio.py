@@ -1,8 +1,11 @@
 """Audio decoding, validation and resampling: the one place where bytes become samples.
 
 Every function raises :class:`AudioError` with a one-line message that names the file and the
-reason, so callers can show it to a person as it is. Limits (size, duration) are checked
-before the samples are decoded.
+reason, so callers can show it to a person as it is. Limits (size, duration, decoding work) are
+checked from the header before the samples are decoded, and decoding streams: files are read,
+mixed to mono and resampled in blocks of at most :data:`BLOCK_SAMPLES` samples, so memory is
+bounded by the block and the mono output, never by the decoded file (a small FLAC can hold hours
+of six-channel audio).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -21,6 +25,9 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", 
 
 #: A clip whose peak is below this is treated as silence (about -90 dBFS).
 SILENCE_PEAK = 3e-5
+
+#: Decoding reads at most this many samples (frames x channels) at a time: 1 MB of float32.
+BLOCK_SAMPLES = 1 << 18
 
 
 class AudioError(ValueError):
@@ -53,10 +60,24 @@ class Audio:
     sample_rate: int
     source_rate: int
     source_channels: int
+    source_duration_s: float | None = None  # the whole file's length when only a part was decoded
 
     @property
     def duration_s(self) -> float:
         return len(self.samples) / self.sample_rate
+
+    @property
+    def is_part(self) -> bool:
+        """True when only the beginning of a longer recording was decoded (a bounded query)."""
+        return self.source_duration_s is not None and self.source_duration_s > self.duration_s + 1e-3
+
+    def first(self, seconds: float) -> "Audio":
+        """The first ``seconds`` of this audio (itself when it is no longer)."""
+        n = int(round(seconds * self.sample_rate))
+        if len(self.samples) <= n:
+            return self
+        return Audio(self.samples[:n], self.sample_rate, self.source_rate, self.source_channels,
+                     self.source_duration_s or self.duration_s)
 
 
 def display_name(path: str | os.PathLike) -> str:
@@ -101,7 +122,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def _fmt_seconds(s: float) -> str:
+def fmt_seconds(s: float) -> str:
     """``2.0 s`` below two minutes, ``60.0 min`` above."""
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -155,45 +176,83 @@ def _short(err: Exception) -> str:
     return text[:160]
 
 
-def decode(path: str | os.PathLike, name: str | None = None) -> tuple[np.ndarray, int]:
-    """Decode a file to float32 samples of shape (frames, channels) and its sample rate.
+def blocks(path: str | os.PathLike, name: str | None = None, *, start_frame: int = 0,
+           max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode a file as float32 blocks of shape (frames, channels), at most :data:`BLOCK_SAMPLES`
+    samples each, from ``start_frame`` for at most ``max_frames`` frames (default: to the end).
 
-    Tries libsndfile first (wav, flac, ogg, mp3, aiff) and falls back to ffmpeg via PyAV
-    (m4a, aac, opus, webm, ...).
+    Tries libsndfile first (wav, flac, ogg, mp3, aiff) and falls back to ffmpeg via PyAV (m4a,
+    aac, opus, webm, ...), which decodes frame by frame. Nothing beyond ``max_frames`` is read.
     """
     name = name or display_name(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        return data, int(rate)
+        f = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
-        pass
-    return _decode_av(path, name)
+        yield from _blocks_av(path, name, start_frame, max_frames)
+        return
+    yielded = False
+    with f:
+        try:
+            if start_frame:
+                f.seek(min(int(start_frame), f.frames))
+            size = max(1, BLOCK_SAMPLES // max(1, f.channels))
+            for block in f.blocks(blocksize=size, frames=-1 if max_frames is None else int(max_frames),
+                                  dtype="float32", always_2d=True):
+                yielded = True
+                yield block
+            return
+        except (sf.LibsndfileError, RuntimeError) as err:
+            if yielded:
+                raise AudioError(name, f"not a readable audio file ({_short(err)})") from None
+    yield from _blocks_av(path, name, start_frame, max_frames)  # libsndfile opened it but cannot decode it
 
 
-def _decode_av(path, name: str) -> tuple[np.ndarray, int]:
-    import av
+def _blocks_av(path, name: str, start_frame: int, max_frames: int | None) -> Iterator[np.ndarray]:
+    import av  # PyAV: ffmpeg's decoders, shipped inside its wheel
 
+    skip, left = int(start_frame), (None if max_frames is None else int(max_frames))
+    rate = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioError(name, "contains no audio stream")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp")
-            chunks, rate = [], int(stream.rate or 0)
+            resampler = av.AudioResampler(format="fltp")  # planar float, rate and layout unchanged
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-                    rate = out.sample_rate
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
+                    if rate is None:
+                        rate = out.sample_rate
+                    elif out.sample_rate != rate:
+                        raise AudioError(name, "changes its sample rate mid-stream; not supported")
+                    data = out.to_ndarray().T  # (frames, channels)
+                    if skip:
+                        data, skip = data[skip:], max(0, skip - len(data))
+                    if left is not None:
+                        data = data[:left]
+                        left -= len(data)
+                    step = max(1, BLOCK_SAMPLES // max(1, data.shape[1]))
+                    for i in range(0, len(data), step):
+                        yield np.ascontiguousarray(data[i:i + step], dtype=np.float32)
+                    if left == 0:
+                        return
     except AudioError:
         raise
-    except Exception as err:
+    except Exception as err:  # av raises many error types for junk input
         raise AudioError(name, f"not a readable audio file ({_short(err)})") from None
-    if not chunks or rate <= 0:
-        raise AudioError(name, "contains no audio samples")
-    data = np.concatenate(chunks, axis=1).T.astype(np.float32)  # (frames, channels)
-    return data, rate
+
+
+def read_part(path: str | os.PathLike, start_s: float, seconds: float,
+              name: str | None = None) -> tuple[np.ndarray, int]:
+    """``seconds`` of a file from ``start_s``, as float32 (frames, channels) and its sample rate.
+
+    Only that range is decoded (libsndfile seeks; PyAV decodes up to its end).
+    """
+    name = name or display_name(path)
+    info = probe(path, name)
+    start = int(start_s * info.sample_rate)
+    parts = list(blocks(path, name, start_frame=start, max_frames=max(0, int(seconds * info.sample_rate))))
+    data = np.concatenate(parts) if parts else np.zeros((0, info.channels), np.float32)
+    return data, info.sample_rate
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -220,36 +279,112 @@ def validate_samples(samples: np.ndarray, rate: int, name: str) -> np.ndarray:
     """Reject audio no model can use: no samples, NaN/inf, or pure silence. Returns the samples."""
     if samples.size == 0:
         raise AudioError(name, "contains no audio samples (0 frames)")
-    if not np.all(np.isfinite(samples)):
-        raise AudioError(name, "contains NaN or infinite sample values")
-    peak = float(np.max(np.abs(samples)))
-    if peak < SILENCE_PEAK:
-        raise AudioError(name, "is silent (no signal above -90 dBFS); nothing to match")
+    finite = bool(np.all(np.isfinite(samples)))
+    peak = float(np.max(np.abs(samples))) if finite else 0.0
+    _check_signal(finite, peak, name)
     if peak > 1.0:
         # float files may exceed full scale; keep the shape, bring it into range
         samples = samples / peak
     return samples
 
 
+def _work_limit_message(frames: int, info: AudioInfo, max_samples: int) -> str:
+    return (f"decoding it means {frames * info.channels / 1e6:.1f} M samples ({fmt_seconds(frames / info.sample_rate)}"
+            f" x {info.channels} channels at {info.sample_rate / 1000:g} kHz), over the "
+            f"{max_samples / 1e6:.1f} M-sample limit")
+
+
 def load(path: str | os.PathLike, sample_rate: int | None = None, *, max_bytes: int = 200 * 1024 * 1024,
-         max_duration_s: float = 7200.0, name: str | None = None) -> Audio:
+         max_duration_s: float = 7200.0, name: str | None = None, max_part_s: float | None = None,
+         max_samples: int | None = None) -> Audio:
     """Check, decode, mix to mono, validate and (if ``sample_rate``) resample one file.
 
-    Size and duration limits are checked before decoding. Raises :class:`AudioError`.
+    Size, duration and decoding work (frames x channels, at most ``max_samples``) are checked from
+    the header before decoding; decoding streams in blocks, so memory holds one block plus the
+    mono output. With ``max_part_s`` only the first ``max_part_s`` seconds are decoded (a query
+    needs no more); ``Audio.source_duration_s`` then says how long the whole file is. Raises
+    :class:`AudioError`.
     """
     name = name or display_name(path)
     check_file(path, max_bytes, name)
     info = probe(path, name)
     if info.duration_s > max_duration_s:
-        raise AudioError(name, f"is {_fmt_seconds(info.duration_s)} long, over the "
-                               f"{_fmt_seconds(max_duration_s)} limit")
-    data, rate = decode(path, name)
-    mono = validate_samples(to_mono(data), rate, name)
-    if len(mono) / rate > max_duration_s:  # containers can lie about their length
-        raise AudioError(name, f"is {_fmt_seconds(len(mono) / rate)} long, over the "
-                               f"{_fmt_seconds(max_duration_s)} limit")
-    out = resample(mono, rate, sample_rate) if sample_rate else mono
-    return Audio(out, sample_rate or rate, rate, data.shape[1])
+        raise AudioError(name, f"is {fmt_seconds(info.duration_s)} long, over the "
+                               f"{fmt_seconds(max_duration_s)} limit")
+    rate = info.sample_rate
+    part = None if max_part_s is None else max(1, int(max_part_s * rate))
+    frames = info.frames if part is None else min(info.frames, part)
+    if max_samples is not None and frames * info.channels > max_samples:
+        raise AudioError(name, _work_limit_message(frames, info, max_samples))
+    # containers can lie about their length: the stream is counted and cut at the limit (one
+    # frame more is read to know whether there is more)
+    limit = part if part is not None else int(max_duration_s * rate)
+    out_rate = sample_rate or rate
+    resampler = soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ") if out_rate != rate else None
+    out = _Growing(int(min(info.frames, limit) * out_rate / rate) + 64)
+    decoded = channels = 0
+    peak, finite, cut = 0.0, True, False
+    for block in blocks(path, name, max_frames=limit + 1):
+        channels = block.shape[1]
+        if decoded + len(block) > limit:
+            if part is None:
+                raise AudioError(name, f"is over the {fmt_seconds(max_duration_s)} limit "
+                                       "(longer than its header says)")
+            block, cut = block[:limit - decoded], True
+        decoded += len(block)
+        if max_samples is not None and decoded * channels > max_samples:
+            raise AudioError(name, _work_limit_message(decoded, AudioInfo(rate, channels, decoded), max_samples))
+        mono = to_mono(block)
+        finite = finite and bool(np.all(np.isfinite(mono)))
+        if finite and mono.size:
+            peak = max(peak, float(np.max(np.abs(mono))))
+        out.append(resampler.resample_chunk(mono) if resampler else mono)
+    if resampler is not None and decoded:
+        out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    if decoded == 0:
+        raise AudioError(name, "contains no audio samples (0 frames)")
+    _check_signal(finite, peak, name)
+    samples = out.array()
+    if peak > 1.0:  # float files may exceed full scale; keep the shape, bring it into range
+        samples /= peak
+    whole = max(info.duration_s, (decoded + 1) / rate) if cut else None
+    return Audio(samples, out_rate, rate, channels, whole)
+
+
+class _Growing:
+    """A float32 buffer filled block by block (preallocated to the expected length, grown if a
+    header under-reported it), so the output is never held twice as a list and its concatenation."""
+
+    def __init__(self, capacity: int):
+        self._buf = np.empty(max(64, capacity), np.float32)
+        self._n = 0
+
+    def append(self, x: np.ndarray) -> None:
+        need = self._n + len(x)
+        if need > len(self._buf):
+            grown = np.empty(max(need, int(len(self._buf) * 1.5)), np.float32)
+            grown[:self._n] = self._buf[:self._n]
+            self._buf = grown
+        self._buf[self._n:need] = x
+        self._n = need
+
+    def array(self) -> np.ndarray:
+        return self._buf[:self._n]
+
+
+def _check_signal(finite: bool, peak: float, name: str) -> None:
+    if not finite:
+        raise AudioError(name, "contains NaN or infinite sample values")
+    if peak < SILENCE_PEAK:
+        raise AudioError(name, "is silent (no signal above -90 dBFS); nothing to match")
+
+
+def check_min_duration(a: Audio, min_s: float, model: str, name: str) -> Audio:
+    """Refuse audio shorter than ``min_s`` seconds: too short for ``model`` to say anything about."""
+    if a.duration_s < min_s:
+        have = f"{a.duration_s * 1000:.1f} ms" if a.duration_s < 1 else fmt_seconds(a.duration_s)
+        raise AudioError(name, f"is {have} long; {model} needs at least {fmt_seconds(min_s)} of audio")
+    return a
 
 
 def from_array(samples: np.ndarray, rate: int, sample_rate: int | None = None, name: str = "recording") -> Audio:

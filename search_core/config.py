@@ -70,6 +70,8 @@ class Settings:
     index_type: str = "HNSW"
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 2 * 3600.0
+    max_query_s: float = 30.0                       # a query is searched on its first 30 s
+    max_decode_samples: int = 2 * 3600 * 48000 * 2  # frames x channels one file may decode (2 h stereo 48 kHz)
     default_sound_model: str = "aisfx"
     default_speaker_model: str = "resemblyzer"
     extra: dict = field(default_factory=dict)
@@ -93,6 +95,8 @@ def get_settings() -> Settings:
         index_type=_env("MILVUS_INDEX_TYPE", "HNSW").upper(),
         max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", 200 * 1024 * 1024),
         max_duration_s=_env_float("MAX_DURATION_S", 2 * 3600.0),
+        max_query_s=_env_float("MAX_QUERY_S", 30.0),
+        max_decode_samples=_env_int("MAX_DECODE_SAMPLES", 2 * 3600 * 48000 * 2),
         default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),
         default_speaker_model=_env("DEFAULT_SPEAKER_MODEL", "resemblyzer"),
     )

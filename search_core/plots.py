@@ -1,11 +1,18 @@
 """Small PNG pictures of audio (waveform, spectrogram), drawn with numpy + Pillow.
 
 They are made for result lists, so they are fast (a few ms) and small (a few kB); matplotlib
-would be ten times slower per image.
+would be ten times slower per image. :func:`save_once` writes a picture (or any result file) once,
+atomically, under its content hash, so a file a response is streaming is never rewritten.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -65,3 +72,70 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def envelope(blocks: Iterable[np.ndarray], frames: int, columns: int) -> np.ndarray:
+    """Min and max of the mono mix per column (``lo0, hi0, lo1, hi1, ...``) of a signal of about
+    ``frames`` frames given as (frames, channels) blocks; memory holds one block, whatever the length."""
+    lo = np.full(columns, np.inf, np.float32)
+    hi = np.full(columns, -np.inf, np.float32)
+    per_col = max(1, -(-int(frames) // columns))
+    pos = 0
+    for block in blocks:
+        mono = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else np.asarray(block, np.float32)
+        if not mono.size:
+            continue
+        col = np.minimum((pos + np.arange(len(mono))) // per_col, columns - 1)
+        starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
+        np.minimum.at(lo, col[starts], np.minimum.reduceat(mono, starts))
+        np.maximum.at(hi, col[starts], np.maximum.reduceat(mono, starts))
+        pos += len(mono)
+    used = np.isfinite(lo)
+    return np.column_stack([lo[used], hi[used]]).ravel()
+
+
+def image_bytes(img: Image.Image, fmt: str = "png") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper().replace("JPG", "JPEG"), **({"quality": 90} if fmt.lower() in ("jpeg", "jpg") else {}))
+    return buf.getvalue()
+
+
+def save_once(data: bytes, folder: Path, suffix: str, fresh_s: float = 1800.0) -> Path:
+    """``folder/<sha256 of data><suffix>``, written atomically (temp file, then rename) unless a copy
+    younger than ``fresh_s`` is there. An existing file is never opened for writing: a response that
+    is streaming it keeps reading intact bytes. An older copy is replaced (by rename) so that
+    :func:`prune` never removes a file that was just handed out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+    try:
+        if time.time() - dest.stat().st_mtime < fresh_s:
+            return dest
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def prune(folder: Path, keep_s: float = 3600.0) -> int:
+    """Remove files of ``folder`` older than ``keep_s`` (twice :func:`save_once`'s ``fresh_s``, so a
+    file handed out in the last half hour stays). Returns how many were removed."""
+    n, now = 0, time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for e in entries:
+        try:
+            if e.is_file() and now - e.stat().st_mtime > keep_s:
+                os.unlink(e.path)
+                n += 1
+        except FileNotFoundError:
+            pass
+    return n

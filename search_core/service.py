@@ -52,6 +52,11 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, current name)
 FILTER_EXACT_MAX = 4096
 #: Milvus' largest top-k.
 MAX_FETCH = 16_384
+#: An import batch holds at most this much audio (by the headers) besides its first file, so that
+#: long recordings are not decoded sixteen at a time: with the batch being embedded, the next one
+#: decoding and the last one writing, an import holds at most three batches of mono audio at the
+#: model's rate (3 x max(this, MAX_DURATION_S) x rate x 4 bytes).
+BATCH_AUDIO_S = 600.0
 
 _TMP_PREFIX = ".tmp-"
 
@@ -251,17 +256,16 @@ class LibraryService:
 
         # three stages overlap: the next batch is decoded (thread pool) and the current one embedded
         # (here) while the previous one is written (one writer thread, so writes keep their order)
+        batches = plan_batches([_header_seconds(p) for p in paths], batch_size, BATCH_AUDIO_S)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
-            def submit(start: int) -> list:
-                return [pool.submit(self._prepare, paths[i], names[i], m)
-                        for i in range(start, min(start + batch_size, total))]
+            def submit(idx: range) -> list:
+                return [pool.submit(self._prepare, paths[i], names[i], m) for i in idx]
 
-            ahead = submit(0) if total else []
+            ahead = submit(batches[0]) if batches else []
             storing: Future | None = None
-            for start in range(0, total, batch_size):
-                idx = range(start, min(start + batch_size, total))
+            for n, idx in enumerate(batches):
                 prepared = [f.result() for f in ahead]
-                ahead = submit(start + batch_size) if start + batch_size < total else []
+                ahead = submit(batches[n + 1]) if n + 1 < len(batches) else []
                 staged = self._embed_batch(prepared, m)
                 if storing is not None:
                     finish(storing)
@@ -276,7 +280,8 @@ class LibraryService:
         s = self.settings
         try:
             a = audio_mod.load(path, m.info.sample_rate, max_bytes=s.max_upload_bytes,
-                               max_duration_s=s.max_duration_s, name=name)
+                               max_duration_s=s.max_duration_s, max_samples=s.max_decode_samples, name=name)
+            audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
             sha = audio_mod.sha256_of(path)
         except AudioError as err:
             return IngestItem(name, "error", message=str(err))
@@ -499,16 +504,26 @@ class LibraryService:
 
     # -- search -------------------------------------------------------------------------
     def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str) -> tuple[audio_mod.Audio, np.ndarray]:
+        """The query as searched and its embedding.
+
+        Only the first ``Settings.max_query_s`` seconds of a longer query are decoded and embedded
+        (``Audio.is_part`` and ``Audio.source_duration_s`` say so), which bounds the memory and the
+        compute of one search; a query shorter than the model's ``min_duration_s`` is refused.
+        """
         m = get_model(model)
         m.load()
+        s = self.settings
         if isinstance(query, audio_mod.Audio):
-            a = query if query.sample_rate == m.info.sample_rate else audio_mod.Audio(
-                audio_mod.resample(query.samples, query.sample_rate, m.info.sample_rate),
-                m.info.sample_rate, query.source_rate, query.source_channels)
+            q = query.first(s.max_query_s)
+            a = q if q.sample_rate == m.info.sample_rate else audio_mod.Audio(
+                audio_mod.resample(q.samples, q.sample_rate, m.info.sample_rate),
+                m.info.sample_rate, q.source_rate, q.source_channels, q.source_duration_s)
+            name = "query"
         else:
-            s = self.settings
-            a = audio_mod.load(query, m.info.sample_rate, max_bytes=s.max_upload_bytes,
-                               max_duration_s=s.max_duration_s)
+            name = audio_mod.display_name(query)
+            a = audio_mod.load(query, m.info.sample_rate, max_bytes=s.max_upload_bytes, max_duration_s=s.max_duration_s,
+                               max_part_s=s.max_query_s, max_samples=s.max_decode_samples)
+        audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
         return a, m.embed([a.samples])[0]
 
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
@@ -572,7 +587,8 @@ class LibraryService:
             if len(grouped) >= k or len(raw) < fetch or fetch >= MAX_FETCH:
                 break
             fetch = min(fetch * 4, MAX_FETCH)
-        hits = sorted(grouped.values(), key=lambda h: -h.score)[:k]
+        # a clip deleted since the rows were read has lost its file: it drops out, it is never a broken hit
+        hits = [h for h in sorted(grouped.values(), key=lambda h: -h.score) if h.path.is_file()][:k]
         for r, h in enumerate(hits, 1):
             h.rank = r
         return hits
@@ -718,6 +734,29 @@ class LibraryService:
         out["files_without_rows"] = len(files - known)
         out["rows_without_files"] = len(known - files)
         return out
+
+
+def _header_seconds(path) -> float:
+    """A file's length by its header, 0 when unknown (a bad file is reported later, by ingest)."""
+    try:
+        p = Path(path)
+        return audio_mod.probe(p).duration_s if p.is_file() and os.access(p, os.R_OK) else 0.0
+    except Exception:
+        return 0.0
+
+
+def plan_batches(seconds: Sequence[float], batch_size: int, max_audio_s: float) -> list[range]:
+    """Consecutive ranges of at most ``batch_size`` files whose lengths add up to at most
+    ``max_audio_s`` (a longer file is a batch of its own)."""
+    out, start, total = [], 0, 0.0
+    for i, sec in enumerate(seconds):
+        if i > start and (i - start >= batch_size or total + sec > max_audio_s):
+            out.append(range(start, i))
+            start, total = i, 0.0
+        total += sec
+    if start < len(seconds):
+        out.append(range(start, len(seconds)))
+    return out
 
 
 def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:

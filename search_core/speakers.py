@@ -96,19 +96,28 @@ class SpeakerRegistry:
         self.svc = svc
         self.meta = svc.meta
 
-    def embed_clip(self, clip: audio_mod.Audio | str | os.PathLike, model: str) -> np.ndarray:
-        """One unit embedding for a clip: the mean of its segments' embeddings (one if short)."""
+    def embed_clip(self, clip: audio_mod.Audio | str | os.PathLike, model: str,
+                   max_part_s: float | None = None) -> np.ndarray:
+        """One unit embedding for a clip: the mean of its segments' embeddings (one if short).
+
+        ``max_part_s``: embed only the clip's first seconds (identify: bounded work per request).
+        """
         from .service import segment_params
 
         m = get_model(model)
         m.load()
         s = self.svc.settings
         if isinstance(clip, audio_mod.Audio):
+            clip = clip.first(max_part_s) if max_part_s else clip
             a = clip if clip.sample_rate == m.info.sample_rate else audio_mod.Audio(
                 audio_mod.resample(clip.samples, clip.sample_rate, m.info.sample_rate), m.info.sample_rate,
                 clip.source_rate, clip.source_channels)
+            name = "clip"
         else:
-            a = audio_mod.load(clip, m.info.sample_rate, max_bytes=s.max_upload_bytes, max_duration_s=s.max_duration_s)
+            name = audio_mod.display_name(clip)
+            a = audio_mod.load(clip, m.info.sample_rate, max_bytes=s.max_upload_bytes, max_duration_s=s.max_duration_s,
+                               max_part_s=max_part_s, max_samples=s.max_decode_samples)
+        audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
         bounds = audio_mod.segment_bounds(len(a.samples), a.sample_rate, *segment_params(m.info))
         return mean_embedding(m.embed([a.samples[b:e] for b, e in bounds]))
 
@@ -150,7 +159,7 @@ class SpeakerRegistry:
         enrolled = self.list(model)
         if not enrolled:
             raise ValueError(f"no speakers are enrolled for model {model}; enrol one first")
-        v = self.embed_clip(clip, model)
+        v = self.embed_clip(clip, model, max_part_s=self.svc.settings.max_query_s)
         return decide(v, [(s.name, s.embedding) for s in enrolled], thr, model)
 
 

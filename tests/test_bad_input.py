@@ -34,6 +34,7 @@ EXPECT: dict[str, str | None] = {
     "silence.wav": r"is silent",
     "nan_float.wav": r"NaN or infinite",
     "inf_float.wav": r"NaN or infinite",
+    "one_sample.wav": r"is 0\.1 ms long; mfcc_stats needs at least 0\.1 s of audio",
     "hour_long.wav": r"is 60\.0 min long, over the 30\.0 min limit",
     "too_big.wav": r"file is 41\.0 MB, over the 40\.0 MB limit",
     "fifo.wav": r"is not a regular file",
@@ -78,6 +79,7 @@ def make_corpus(folder: Path, outside: Path) -> Path:
     (folder / "html_page.m4a").write_bytes(b"<html><body>404 not found</body></html>" * 20)
     _write(folder, "zero_samples.wav", np.zeros(0, np.float32))
     _write(folder, "silence.wav", np.zeros(32000, np.float32))
+    _write(folder, "one_sample.wav", np.full(1, 0.5, np.float32))  # indexed once, and scored 0.93 against a tone
     _write(folder, "clipping.wav", np.clip(sound(2) * 20, -1, 1))
     for name, bad in (("nan_float.wav", np.nan), ("inf_float.wav", np.inf)):
         z = sound(3).copy()
@@ -224,7 +226,7 @@ def test_limits_are_checked_before_decoding(tmp_path, monkeypatch):
 
     def no_decode(*a, **kw):
         raise AssertionError("decoded a file that is over a limit")
-    monkeypatch.setattr(audio_mod, "decode", no_decode)
+    monkeypatch.setattr(audio_mod, "blocks", no_decode)
     with pytest.raises(AudioError, match=r"^hour\.wav: is 60\.0 min long, over the 30\.0 min limit$"):
         audio_mod.load(folder / "hour.wav", 16000, max_duration_s=1800)
     with pytest.raises(AudioError, match=r"^big\.wav: file is 1\.3 MB, over the 1\.0 MB limit$"):

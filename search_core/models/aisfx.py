@@ -141,6 +141,7 @@ class AisfxModel(WheelCheckpointModel):
         window_s=10.0,
         hop_s=5.0,
         min_samples=N_FFT,
+        min_duration_s=0.25,  # a short impact is a fair query; less is a few STFT frames
     )
 
     weights = WEIGHTS

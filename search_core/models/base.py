@@ -8,6 +8,7 @@ with the same message. No model ever falls back to random weights.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,6 +33,7 @@ class ModelInfo:
     window_s: float = 10.0    # long recordings are cut into windows of this length ...
     hop_s: float = 5.0        # ... every hop_s seconds
     min_samples: int = 400    # shorter input is zero-padded to this many samples
+    min_duration_s: float = 0.1  # shorter clips are refused (ingest and query): too little to embed
     opt_in: bool = False      # listed but never a default (e.g. unclear weight licence)
 
 
@@ -112,9 +114,12 @@ class EmbeddingModel:
                 w = np.pad(w, (0, self.info.min_samples - len(w)))
             prepared.append(w)
         out = []
-        with self._lock:
-            for start in range(0, len(prepared), batch_size):
+        for start in range(0, len(prepared), batch_size):
+            # the lock is taken per batch, not per call: a search waits for one batch of a long
+            # import's segments, not for all of them; sleep(0) hands the lock to a waiting thread
+            with self._lock:
                 out.append(np.asarray(self._embed(prepared[start:start + batch_size]), dtype=np.float32))
+            time.sleep(0)
         emb = np.concatenate(out, axis=0)
         if emb.shape != (len(prepared), self.info.dim):
             raise RuntimeError(f"model {self.info.name} returned shape {emb.shape}, "

@@ -118,7 +118,7 @@ class EcapaTdnn(pw.ReleaseModel):
         name="ecapa_tdnn", task="speaker", sample_rate=SAMPLE_RATE, dim=DIM,
         description="ECAPA-TDNN speaker embedding (VoxCeleb1+2, PaddleSpeech release), 192-d",
         runtime="paddle", licence="Apache-2.0 (PaddleSpeech release)",
-        window_s=10.0, hop_s=5.0, min_samples=1600)
+        window_s=10.0, hop_s=5.0, min_samples=1600, min_duration_s=0.1)
 
     def __init__(self) -> None:
         super().__init__()

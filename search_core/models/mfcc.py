@@ -26,6 +26,7 @@ class MfccStats(EmbeddingModel):
         window_s=5.0,
         hop_s=2.5,
         min_samples=2048,
+        min_duration_s=0.1,  # also the speaker baseline: FSDD digits are 0.14 s and up
     )
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:

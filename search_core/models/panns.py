@@ -143,7 +143,7 @@ def _info(name: str, dim: int, what: str) -> ModelInfo:
         name=name, task="sound", sample_rate=SAMPLE_RATE, dim=dim,
         description=f"PANNs {what} (AudioSet, PaddleSpeech release), {dim}-d",
         runtime="paddle", licence="PANNs weights by Kong et al. (CC BY 4.0), converted by PaddleSpeech (Apache-2.0)",
-        window_s=10.0, hop_s=5.0, min_samples=MIN_SAMPLES)
+        window_s=10.0, hop_s=5.0, min_samples=MIN_SAMPLES, min_duration_s=0.25)
 
 
 class PannsCNN6(_Panns):

@@ -163,6 +163,7 @@ class ResemblyzerModel(WheelCheckpointModel):
         window_s=10.0,
         hop_s=5.0,
         min_samples=VAD_WINDOW,
+        min_duration_s=0.1,  # a spoken digit (FSDD: 0.14 s and up) still carries a voice
     )
 
     weights = WEIGHTS

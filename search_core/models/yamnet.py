@@ -240,6 +240,7 @@ class YamnetModel(EmbeddingModel):
         window_s=10.0,
         hop_s=5.0,
         min_samples=MIN_SAMPLES,
+        min_duration_s=0.25,
         opt_in=True,
     )
 
