@@ -75,7 +75,9 @@ def free_port() -> int:
 
 
 def app_env(data: Path) -> dict:
-    env = {**os.environ, "DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "SEARCH_CORE_OFFLINE": "1"}
+    # every simulated client comes from 127.0.0.1: lift the per-address upload allowance (webguard)
+    env = {**os.environ, "DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "SEARCH_CORE_OFFLINE": "1",
+           "UPLOAD_LIMIT_FILES": "1000000", "UPLOAD_LIMIT_BYTES": str(1 << 40)}
     for var in ("MILVUS_URI", "DATABASE_URL", "LIBRARY_DIR", "ADMIN_PASSWORD"):
         env.pop(var, None)
     return env
