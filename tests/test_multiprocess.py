@@ -1,0 +1,181 @@
+"""Several processes sharing one Milvus server, one MariaDB and one library folder.
+
+Writers are the real CLI (``python -m search_core ingest``), each with its own DATA_DIR and the
+shared MILVUS_URI / DATABASE_URL / LIBRARY_DIR of a deployment; ``recover`` is started over and
+over meanwhile (as every process start does), and one writer is killed with SIGKILL. Start-up
+recovery of one process must never touch another live process' work.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from conftest import REPO, SHARED_DATA, make_settings
+from search_core.service import LibraryService
+
+MODEL = "mfcc_stats"
+MANIFEST = SHARED_DATA / "esc50.csv"
+LEASE_S = 6  # short writer lease, so the test need not wait a minute for the killed writer's to expire
+
+pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"evaluation data not found at {MANIFEST}")
+
+
+def _manifests(tmp_path: Path, writers: int, per_writer: int) -> list[tuple[Path, list[str]]]:
+    """Disjoint manifests of ESC-50 clips (absolute paths) and the clip names of each."""
+    rows = list(csv.DictReader(open(MANIFEST, newline="")))
+    out = []
+    for w in range(writers):
+        part = rows[w * per_writer:(w + 1) * per_writer]
+        path = tmp_path / f"writer{w}.csv"
+        with open(path, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=["path", "label"])
+            wr.writeheader()
+            for r in part:
+                wr.writerow({"path": str(SHARED_DATA / r["path"]), "label": r["label"]})
+        out.append((path, [Path(r["path"]).name for r in part]))
+    return out
+
+
+def _env(tmp_path: Path, name: str, milvus_uri: str, mysql_url: str, library: Path) -> dict:
+    env = {**os.environ, "DATA_DIR": str(tmp_path / name), "MILVUS_URI": milvus_uri, "DATABASE_URL": mysql_url,
+           "LIBRARY_DIR": str(library), "SEARCH_CORE_OFFLINE": "1", "WRITER_LEASE_S": str(LEASE_S)}
+    return env
+
+
+def _start(env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_writers_recoveries_and_a_killed_writer_lose_nothing(tmp_path, milvus_uri, mysql_url):
+    library = tmp_path / "library"
+    manifests = _manifests(tmp_path, writers=3, per_writer=16)
+    writers = [_start(_env(tmp_path, f"w{i}", milvus_uri, mysql_url, library),
+                      "ingest", "--manifest", str(m), "--model", MODEL, "--quiet")
+               for i, (m, _names) in enumerate(manifests)]
+    victim = writers[1]
+    renv = _env(tmp_path, "recover", milvus_uri, mysql_url, library)
+    recoveries, killed = [], False
+    recovering: subprocess.Popen | None = None
+    deadline = time.monotonic() + 600
+    while any(w.poll() is None for w in writers):
+        assert time.monotonic() < deadline, "writers did not finish"
+        if recovering is None or recovering.poll() is not None:
+            if recovering is not None:
+                recoveries.append(recovering.communicate())
+            recovering = _start(renv, "recover")
+        stored = len(list(library.iterdir())) if library.is_dir() else 0
+        if not killed and stored >= 6 and victim.poll() is None:
+            victim.send_signal(signal.SIGKILL)
+            killed = True
+        time.sleep(0.2)
+    if recovering is not None:
+        recoveries.append(recovering.communicate())
+    assert killed, f"the victim finished before it could be killed: {victim.communicate()}"
+    assert recoveries, "no recovery ran during the ingests"
+    outputs = [w.communicate() for w in writers]
+    added: dict[int, int] = {}
+    for i, (w, (out, err)) in enumerate(zip(writers, outputs)):
+        if w is victim:
+            continue
+        assert w.returncode == 0, err[-3000:]
+        m = re.search(r"(\d+) added, (\d+) already in the library, (\d+) rejected", out)
+        assert m, out
+        added[i] = int(m.group(1))
+        # disjoint manifests: a writer that was not killed added every one of its clips
+        assert added[i] == len(manifests[i][1]), (out, err[-2000:])
+
+    time.sleep(LEASE_S + 1)  # the killed writer's lease expires; the next recovery may finish its work
+    rec = _start(renv, "recover")
+    out, err = rec.communicate(timeout=300)
+    assert rec.returncode == 0, err[-3000:]
+
+    settings = replace(make_settings(tmp_path), milvus_uri=milvus_uri, database_url=mysql_url, library_dir=library)
+    svc = LibraryService(settings, recover=False)
+    try:
+        assert svc.check() == {k: 0 for k in svc.check()}
+        clips = [c for c, _ in svc.list_clips(MODEL, limit=1000)]
+        names = [c.original_name for c in clips]
+        assert len(names) == len(set(names)), "a clip is in the library twice"
+        survivors = {n for i in added for n in manifests[i][1]}
+        assert survivors <= set(names), f"lost: {sorted(survivors - set(names))}"
+        assert set(names) <= survivors | set(manifests[1][1])
+        assert svc.count(MODEL) == len(names)
+        for c in clips:  # every clip in the library is playable and found by its own audio
+            path = svc.clip_path(c)
+            assert sf.info(str(path)).frames > 0
+            hits = svc.search(path, MODEL, k=1).hits
+            assert hits and hits[0].clip.id == c.id, c.original_name
+    finally:
+        svc.close()
+
+    # the killed writer's command, run again, completes its part
+    w = _start(_env(tmp_path, "w1", milvus_uri, mysql_url, library),
+               "ingest", "--manifest", str(manifests[1][0]), "--model", MODEL, "--quiet")
+    out, err = w.communicate(timeout=600)
+    assert w.returncode == 0, err[-3000:]
+    svc = LibraryService(settings, recover=False)
+    try:
+        assert svc.check() == {k: 0 for k in svc.check()}
+        names = sorted(c.original_name for c, _ in svc.list_clips(MODEL, limit=1000))
+        assert names == sorted(n for _m, ns in manifests for n in ns)
+    finally:
+        svc.close()
+
+
+# -- two services on the same stores, one paused inside its write ------------------------------
+
+def _shared_settings(tmp_path: Path, milvus_uri: str, database_url: str, **kw):
+    return replace(make_settings(tmp_path), milvus_uri=milvus_uri, database_url=database_url,
+                   library_dir=tmp_path / "library", **kw)
+
+
+@pytest.mark.parametrize("step", ["during_copy", "before_rows", "after_rows", "after_vectors"])
+def test_recovery_never_touches_a_live_writers_work(tmp_path, milvus_uri, mysql_url, step):
+    """Process B starts (and recovers) while process A is inside a write: B changes nothing of
+    A's, and A's clips all end up added, searchable and playable."""
+    import threading
+
+    from conftest import sound, write_wav
+
+    files = [write_wav(tmp_path / "in" / f"s{i}.wav", sound(i, seconds=3.0 + 5 * (i == 0))) for i in range(3)]
+    settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
+    a = LibraryService(settings)
+    reached, go = threading.Event(), threading.Event()
+
+    def pause(s: str) -> None:
+        if s == step and not reached.is_set():
+            reached.set()
+            assert go.wait(120)
+
+    a.fault_hook = pause
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(a.ingest_files(files, MODEL)))
+    t.start()
+    try:
+        assert reached.wait(120), "the writer never reached " + step
+        b = LibraryService(settings)  # start-up recovery, while A is paused
+        rep = b.recover()
+        assert not rep.changed, rep
+    finally:
+        go.set()
+        t.join(120)
+    try:
+        assert result and len(result[0].added) == 3, result and result[0].summary()
+        assert b.check() == {k: 0 for k in b.check()}
+        for f in files:
+            hits = b.search(f, MODEL, k=1).hits
+            assert hits[0].clip.original_name == f.name and hits[0].path.is_file()
+    finally:
+        a.close()
+        b.close()
