@@ -72,6 +72,7 @@ class Settings:
     max_duration_s: float = 2 * 3600.0
     default_sound_model: str = "aisfx"
     default_speaker_model: str = "resemblyzer"
+    writer_lease_s: float = 60.0
     extra: dict = field(default_factory=dict)
 
 
@@ -81,7 +82,9 @@ def get_settings() -> Settings:
     ``DATA_DIR`` (default ``./data``) holds the embedded stores; ``MILVUS_URI`` defaults to a
     Milvus Lite file in it, ``DATABASE_URL`` to a SQLite file in it, ``LIBRARY_DIR`` (where
     ingested audio is copied, named by content hash) to ``DATA_DIR/library`` and ``WEIGHTS_DIR``
-    (model weights) to ``DATA_DIR/weights``.
+    (model weights) to ``DATA_DIR/weights``. ``WRITER_LEASE_S`` (default 60) is how long a
+    writer's unfinished work is left alone by other processes' recovery after its last heartbeat,
+    and how old an unknown library file must be before recovery removes it.
     """
     data_dir = Path(_env("DATA_DIR", "data")).resolve()
     return Settings(
@@ -95,4 +98,5 @@ def get_settings() -> Settings:
         max_duration_s=_env_float("MAX_DURATION_S", 2 * 3600.0),
         default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),
         default_speaker_model=_env("DEFAULT_SPEAKER_MODEL", "resemblyzer"),
+        writer_lease_s=_env_float("WRITER_LEASE_S", 60.0),
     )

@@ -38,7 +38,7 @@ from . import audio as audio_mod
 from . import duplicates
 from .audio import AudioError
 from .config import Settings, env_flag, get_settings
-from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, filter_conditions
+from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, WriterLease, filter_conditions, pid_alive
 from .models import EmbeddingModel, get_model, model_names
 from .speakers import SpeakerRegistry
 from .vectors import VectorHit, VectorStore, collection_name
@@ -138,6 +138,8 @@ class RecoveryReport:
     orphan_clips: int = 0
     orphan_files: int = 0
     orphan_vectors: int = 0
+    missing_files: int = 0   # ready clips whose library file was gone: removed (names in ``removed``)
+    removed: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -171,6 +173,7 @@ class LibraryService:
         s.library_dir.mkdir(parents=True, exist_ok=True)
         self.library_dir = s.library_dir
         self.meta = MetadataStore(s.database_url)
+        self.lease = WriterLease(self.meta, s.writer_lease_s)  # other processes' recovery leaves our work alone
         self.vectors = VectorStore(s.milvus_uri, s.index_type)
         self._write_lock = threading.RLock()
         self.fingerprints = duplicates.FingerprintCache()
@@ -179,8 +182,14 @@ class LibraryService:
             self.recover()
 
     def close(self) -> None:
+        self.lease.close()
         self.vectors.close()
         self.meta.close()
+
+    @property
+    def owner(self) -> str:
+        """This service's writer id: its unfinished rows carry it (see :class:`WriterLease`)."""
+        return self.lease.owner
 
     # -- models -------------------------------------------------------------------------
     @staticmethod
@@ -320,8 +329,10 @@ class LibraryService:
         vectors, audio)`` per entry.
         """
         out, begun = [], []  # begun: (position, name, clip_id, vector ids, vectors, audio)
+        ready: set[int] = set()
         with self._write_lock:
             try:
+                self.lease.renew()  # a starved heartbeat thread must not let this write's lease lapse
                 for pos, p, bounds, vecs in entries:
                     a: audio_mod.Audio = p["audio"]
                     meta = metadata[pos]
@@ -341,7 +352,7 @@ class LibraryService:
                                   speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
                                   tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
                     segments = [(s / a.sample_rate, e / a.sample_rate) for s, e in bounds]
-                    began = self.meta.begin_ingest(new, model, segments)
+                    began = self.meta.begin_ingest(new, model, segments, owner=self.owner)
                     if began is None:  # e.g. a copy of a clip the previous batch wrote
                         out.append((pos, IngestItem(p["name"], "exists", known.id if known else None,
                                                     f"{p['name']}: already in the library"), vecs, a))
@@ -352,12 +363,20 @@ class LibraryService:
                     ids = [i for b in begun for i in b[3]]
                     self.vectors.upsert(model, ids, np.concatenate([b[4] for b in begun]))
                     self._fault("after_vectors")
-                    self.meta.set_status(ids, READY)
+                    ready = self.meta.set_status(ids, READY)
                     self._fault("after_ready")
+                    lost = [i for i in ids if i not in ready]
+                    if lost:  # rolled back under us (our lease lapsed): their vectors are orphans now
+                        self.vectors.delete(model, sorted(set(lost) - self.meta.existing_rows(lost)))
             except BaseException:
                 self._recover_after_error()
                 raise
-        out += [(pos, IngestItem(name, "added", cid), vecs, a) for pos, name, cid, _ids, vecs, a in begun]
+        for pos, name, cid, vids, vecs, a in begun:
+            if all(i in ready for i in vids):
+                out.append((pos, IngestItem(name, "added", cid), vecs, a))
+            else:  # never report "added" for a clip that is not searchable
+                out.append((pos, IngestItem(name, "error", message=f"{name}: not stored (another process "
+                                            "rolled the write back); run the same command again"), vecs, a))
         return sorted(out, key=lambda t: t[0])
 
     def _recover_after_error(self) -> None:
@@ -411,8 +430,12 @@ class LibraryService:
             stored = f"{sha}{ext}"
         dest = self.library_dir / stored
         if dest.exists():
-            return stored
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.library_dir)
+            try:  # a file without a row yet: renew its grace period so no recovery sweeps it now
+                os.utime(dest)
+                return stored
+            except FileNotFoundError:  # swept just now: copy it again
+                pass
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{self.owner}-", dir=self.library_dir)
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, 1 << 20)
@@ -596,7 +619,7 @@ class LibraryService:
             clip = self.meta.clip(int(clip_id))
             if clip is None:
                 return False
-            by_model = self.meta.mark_clip_deleting(clip.id)
+            by_model = self.meta.mark_clip_deleting(clip.id, owner=self.owner)
             try:  # once marked, the delete is rolled forward, here or by start-up recovery
                 self._fault("delete_after_mark")
                 for model, ids in by_model.items():
@@ -614,7 +637,7 @@ class LibraryService:
         """Drop a model's collection and its rows; clips left with no vectors go too."""
         collection_name(model)
         with self._write_lock:
-            ids = self.meta.mark_model_deleting(model)
+            ids = self.meta.mark_model_deleting(model, owner=self.owner)
             try:
                 self.meta.delete_near_duplicates(model)
                 self.vectors.drop(model)
@@ -633,11 +656,20 @@ class LibraryService:
 
     # -- recovery -----------------------------------------------------------------------
     def recover(self, sweep_vectors: bool = True) -> RecoveryReport:
-        """Finish or roll back interrupted writes; remove orphans of every kind."""
+        """Finish or roll back interrupted writes; remove orphans of every kind.
+
+        Several processes may share the stores: only unfinished rows that are this process' own,
+        have no owner, or whose owner's lease expired are touched; unknown library files are
+        removed only once older than the lease (a live writer copies its file before its rows);
+        a vector is an orphan only if it has no row after the vectors were listed (a live writer
+        writes its rows before its vectors). A ready clip whose file is gone is removed whole
+        and named in the report (its content cannot be restored from here; ingest it again).
+        """
         rep = RecoveryReport()
         with self._write_lock:
+            self._forget_dead_writers()
             by_model: dict[str, dict[str, list[int]]] = {}
-            for vid, model, status in self.meta.unfinished():
+            for vid, model, status in self.meta.unfinished(owner=self.owner):
                 by_model.setdefault(model, {}).setdefault(status, []).append(vid)
             for model, groups in by_model.items():
                 pending = groups.get(PENDING, [])
@@ -648,8 +680,7 @@ class LibraryService:
                     done, undo = [], []
                     for ids in self.meta.vector_groups(pending).values():
                         (done if all(i in present for i in ids) else undo).extend(ids)
-                    self.meta.set_status(done, READY)
-                    rep.completed += len(done)
+                    rep.completed += len(self.meta.set_status(done, READY))
                     self.vectors.delete(model, [i for i in undo if i in present])
                     self.meta.delete_vector_rows(undo)
                     rep.rolled_back += len(undo)
@@ -660,27 +691,74 @@ class LibraryService:
                     rep.deleted_rows += len(deleting)
             if sweep_vectors:
                 for model in self.vectors.collections():
-                    rows = set(self.meta.vector_ids(model))
+                    ready_rows = set(self.meta.vector_ids(model, READY))  # before the vectors: each has one
                     have = self.vectors.all_ids(model)
-                    extra = sorted(have - rows)
+                    extra = sorted(have - self.meta.existing_rows(have))  # rows read after the vectors
                     if extra:
                         self.vectors.delete(model, extra)
                         rep.orphan_vectors += len(extra)
-                    lost = sorted(rows - have)  # ready rows whose vector the store lost
+                    lost = sorted(ready_rows - have)  # ready rows whose vector the store lost
                     if lost:
                         undo = [i for ids in self.meta.vector_groups(lost).values() for i in ids]
                         self.vectors.delete(model, [i for i in undo if i in have])
                         self.meta.delete_vector_rows(undo)
                         rep.rolled_back += len(undo)
+            self._remove_clips_without_files(rep)
             for clip in self.meta.delete_clips_without_vectors():
                 self._remove_file(clip.stored_name)
                 rep.orphan_clips += 1
-            known = self.meta.stored_names()
-            for p in self.library_dir.iterdir():
-                if p.is_file() and (p.name.startswith(_TMP_PREFIX) or p.name not in known):
-                    p.unlink(missing_ok=True)
-                    rep.orphan_files += 1
+            self._sweep_files(rep)
+            self.meta.drop_expired_leases()
         return rep
+
+    def _remove_clips_without_files(self, rep: RecoveryReport) -> None:
+        """Delete (vectors first, then rows) every clip whose library file is gone, unless a live
+        writer is still working on it."""
+        missing = {cid: name for cid, name in self.meta.clip_files().items() if not (self.library_dir / name).exists()}
+        if not missing:
+            return
+        busy = self.meta.live_clip_ids(self.owner)
+        for cid in sorted(set(missing) - busy):
+            if (self.library_dir / missing[cid]).exists():  # re-check: it may have just been written
+                continue
+            clip = self.meta.clip(cid)
+            if clip is None:
+                continue
+            for model, ids in self.meta.mark_clip_deleting(cid, owner=self.owner).items():
+                self.vectors.delete(model, ids)
+            self.meta.delete_clip(cid)
+            rep.missing_files += 1
+            rep.removed.append(clip.original_name)
+
+    def _forget_dead_writers(self) -> None:
+        """Drop the leases of writers on this machine whose process is gone (a kill -9): their
+        work need not wait for the lease to run out."""
+        for owner, host, pid in self.meta.leases():
+            if owner != self.owner and host == self.lease.host and not pid_alive(pid):
+                self.meta.drop_lease(owner)
+
+    def _sweep_files(self, rep: RecoveryReport) -> None:
+        """Remove library files that are not a clip's: temp files of writers that are not live
+        (their name carries the owner), and files without a row. A live writer's copy has no
+        row for a moment, so while other writers are live only files older than the lease go;
+        the rows are read again just before removing."""
+        others = self.meta.live_owners() - {self.owner}
+        cutoff = time.time() - self.settings.writer_lease_s if others else float("inf")
+
+        def stray(p: Path, known: set[str]) -> bool:
+            if p.name.startswith(_TMP_PREFIX):
+                return p.name[len(_TMP_PREFIX):].split("-", 1)[0] not in others
+            return p.name not in known and _mtime(p) < cutoff
+
+        known = self.meta.stored_names()
+        found = [p for p in self.library_dir.iterdir() if p.is_file() and stray(p, known)]
+        if not found:
+            return
+        known = self.meta.stored_names()
+        for p in found:
+            if stray(p, known):
+                p.unlink(missing_ok=True)
+                rep.orphan_files += 1
 
     def check(self) -> dict[str, int]:
         """Consistency figures: rows without vectors, vectors without rows, files without rows."""
@@ -698,6 +776,14 @@ class LibraryService:
         out["files_without_rows"] = len(files - known)
         out["rows_without_files"] = len(known - files)
         return out
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or +inf for a file that is gone (never "old enough" to remove)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:

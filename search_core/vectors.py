@@ -180,6 +180,9 @@ class VectorStore:
             return set()
         name = collection_name(model)
         self.ensure_loaded(name)
+        # a Milvus 2.3 server gives the iterator no MVCC timestamp, so it reads at a client-side one
+        # and misses the latest writes; one Strong query first makes the query nodes catch up
+        self.client.query(name, filter="id == -1", output_fields=["id"], consistency_level="Strong")
         it = self.client.query_iterator(name, batch_size=5000, filter="id >= -9223372036854775807",
                                         output_fields=["id"], consistency_level="Strong")
         ids: set[int] = set()
