@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,99 @@ def test_recovery_never_touches_a_live_writers_work(tmp_path, milvus_uri, mysql_
     finally:
         a.close()
         b.close()
+
+
+def test_a_write_rolled_back_under_its_writer_is_not_reported_added(tmp_path, milvus_uri, mysql_url):
+    """If a writer's lease lapses (a stalled process) and another process' recovery rolls its
+    pending clips back, the writer reports them as not stored (never "added") and leaves no orphan."""
+    import threading
+
+    from conftest import sound, write_wav
+    from search_core.metadata import writers
+
+    files = [write_wav(tmp_path / "in" / f"s{i}.wav", sound(i)) for i in range(3)]
+    settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
+    a, b = LibraryService(settings), LibraryService(settings)
+    a.ingest_files(files[:1], MODEL)
+    reached, go = threading.Event(), threading.Event()
+
+    def pause(s: str) -> None:
+        if s == "after_rows":
+            reached.set()
+            assert go.wait(120)
+
+    a.fault_hook = pause
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(a.ingest_files(files[1:], MODEL)))
+    t.start()
+    try:
+        assert reached.wait(120)
+        with a.meta.engine.begin() as c:  # A's lease runs out while it is stalled
+            c.execute(writers.update().where(writers.c.owner == a.owner).values(expires_at=datetime(2000, 1, 1)))
+        assert b.recover().rolled_back == 2
+    finally:
+        go.set()
+        t.join(120)
+    try:
+        rep = result[0]
+        assert not rep.added and [i.status for i in rep.items] == ["error", "error"], rep.items
+        assert "run the same command again" in rep.items[0].message
+        assert b.check() == {k: 0 for k in b.check()}
+        assert [c.original_name for c, _ in b.list_clips(MODEL)] == ["s0.wav"]
+        assert len(a.ingest_files(files, MODEL).added) == 2  # the rerun stores them
+        assert b.check() == {k: 0 for k in b.check()}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recover_removes_a_ready_clip_whose_file_is_gone(service, tmp_path):
+    from conftest import sound, write_wav
+
+    files = [write_wav(tmp_path / "in" / f"s{i}.wav", sound(i)) for i in range(3)]
+    service.ingest_files(files, MODEL)
+    gone = next(c for c, _ in service.list_clips(MODEL) if c.original_name == "s1.wav")
+    service.clip_path(gone).unlink()
+    assert service.check()["rows_without_files"] == 1
+    rep = service.recover()
+    assert (rep.missing_files, rep.removed) == (1, ["s1.wav"])
+    assert service.check() == {k: 0 for k in service.check()}
+    assert all(h.clip.id != gone.id for h in service.search(files[1], MODEL, k=3).hits)
+    assert [i.name for i in service.ingest_files(files, MODEL).added] == ["s1.wav"]  # the rerun restores it
+    assert service.check() == {k: 0 for k in service.check()}
+
+
+def test_a_database_made_by_the_previous_release_is_migrated(backend_settings, tmp_path):
+    """Tables created without the ``owner`` column (and without ``writers``) get them; rows stay,
+    and an interrupted write of the old release (no owner) is still recovered."""
+    import sqlalchemy as sa
+
+    from search_core import metadata
+
+    old = sa.MetaData()
+    for t in metadata._meta.sorted_tables:
+        if t.name != "writers":
+            sa.Table(t.name, old, *[c._copy() for c in t.columns if c.name != "owner"])
+    engine = sa.create_engine(backend_settings.database_url)
+    backend_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    old.create_all(engine)
+    now = metadata.utcnow()
+    with engine.begin() as c:
+        c.execute(old.tables["clips"].insert().values(
+            id=1, sha256="a" * 64, stored_name="a.wav", original_name="a.wav", duration_s=1.0, sample_rate=16000,
+            channels=1, tags="[]", created_at=now))
+        c.execute(old.tables["vectors"].insert().values(id=7, clip_id=1, model=MODEL, seg=0, start_s=0.0, end_s=1.0,
+                                                        status="pending", created_at=now))
+    engine.dispose()
+    for _ in range(2):  # a second start finds the columns there
+        store = metadata.MetadataStore(backend_settings.database_url)
+        cols = {c["name"] for c in sa.inspect(store.engine).get_columns("vectors")}
+        assert "owner" in cols and sa.inspect(store.engine).has_table("writers")
+        assert store.unfinished(owner="someone") == [(7, MODEL, "pending")]
+        store.close()
+    svc = LibraryService(backend_settings)  # start-up recovery rolls the old interrupted write back
+    try:
+        assert svc.meta.unfinished() == [] and svc.meta.clip(1) is None
+        assert svc.check() == {k: 0 for k in svc.check()}
+    finally:
+        svc.close()
