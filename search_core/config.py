@@ -73,6 +73,7 @@ class Settings:
     default_sound_model: str = "aisfx"
     default_speaker_model: str = "resemblyzer"
     writer_lease_s: float = 60.0
+    milvus_timeout_s: float = 20.0
     extra: dict = field(default_factory=dict)
 
 
@@ -84,7 +85,8 @@ def get_settings() -> Settings:
     ingested audio is copied, named by content hash) to ``DATA_DIR/library`` and ``WEIGHTS_DIR``
     (model weights) to ``DATA_DIR/weights``. ``WRITER_LEASE_S`` (default 60) is how long a
     writer's unfinished work is left alone by other processes' recovery after its last heartbeat,
-    and how old an unknown library file must be before recovery removes it.
+    and how old an unknown library file must be before recovery removes it. ``MILVUS_TIMEOUT_S``
+    (default 20) is how long a Milvus call may take before the server counts as unreachable.
     """
     data_dir = Path(_env("DATA_DIR", "data")).resolve()
     return Settings(
@@ -99,4 +101,5 @@ def get_settings() -> Settings:
         default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),
         default_speaker_model=_env("DEFAULT_SPEAKER_MODEL", "resemblyzer"),
         writer_lease_s=_env_float("WRITER_LEASE_S", 60.0),
+        milvus_timeout_s=_env_float("MILVUS_TIMEOUT_S", 20.0),
     )

@@ -34,6 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 PENDING, READY, DELETING = "pending", "ready", "deleting"
+#: :meth:`MetadataStore.begin_ingest`: this content is being written or deleted by another writer.
+BUSY = "busy"
 
 _meta = sa.MetaData()
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
@@ -267,12 +269,13 @@ class MetadataStore:
             return c.execute(q).scalar_one() > 0
 
     def begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
-                     owner: str | None = None) -> tuple[int, list[int]] | None:
+                     owner: str | None = None) -> tuple[int, list[int]] | str | None:
         """Insert the clip (if new) and one ``pending`` vector row per segment owned by ``owner``,
         in one transaction.
 
-        Returns ``(clip_id, vector_ids)``, or None if this content already has vectors for
-        ``model`` (ingest is idempotent). Another process inserting the same content at the same
+        Returns ``(clip_id, vector_ids)``, None if this content already has ready vectors for
+        ``model`` (ingest is idempotent), or :data:`BUSY` if its rows for ``model`` are unfinished
+        (another writer's, or an interrupted write recovery has not handled yet). Another process inserting the same content at the same
         moment makes the first attempt fail on the unique sha256; the second finds its row.
         """
         try:
@@ -281,7 +284,7 @@ class MetadataStore:
             return self._begin_ingest(new, model, segments, owner)
 
     def _begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
-                      owner: str | None) -> tuple[int, list[int]] | None:
+                      owner: str | None) -> tuple[int, list[int]] | str | None:
         now = utcnow()
         with self.engine.begin() as c:
             r = c.execute(sa.select(clips.c.id).where(clips.c.sha256 == new.sha256)).first()
@@ -293,10 +296,10 @@ class MetadataStore:
                     tags=json.dumps(list(new.tags)), created_at=now)).inserted_primary_key[0]
             else:
                 clip_id = r[0]
-                exists = c.execute(sa.select(sa.func.count()).select_from(vectors).where(
-                    vectors.c.clip_id == clip_id, vectors.c.model == model)).scalar_one()
-                if exists:
-                    return None
+                statuses = {r[0] for r in c.execute(sa.select(vectors.c.status).distinct().where(
+                    vectors.c.clip_id == clip_id, vectors.c.model == model))}
+                if statuses:
+                    return None if statuses == {READY} else BUSY
             ids = []
             for seg, (start, end) in enumerate(segments):
                 ids.append(c.execute(vectors.insert().values(

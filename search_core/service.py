@@ -38,7 +38,7 @@ from . import audio as audio_mod
 from . import duplicates
 from .audio import AudioError
 from .config import Settings, env_flag, get_settings
-from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, WriterLease, filter_conditions, pid_alive
+from .metadata import BUSY, DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, WriterLease, filter_conditions, pid_alive
 from .models import EmbeddingModel, get_model, model_names
 from .speakers import SpeakerRegistry
 from .vectors import VectorHit, VectorStore, collection_name
@@ -146,6 +146,80 @@ class RecoveryReport:
         return any(vars(self).values())
 
 
+class ServiceUnavailable(RuntimeError):
+    """Milvus or the SQL database did not answer, or dropped the connection mid-work.
+
+    The message is one line for the user: which service, its address (password masked), how many
+    clips were stored before it stopped (for ingest), and that running the same command again
+    continues. What was stored stays; an interrupted write is finished or rolled back by the next
+    start (see :meth:`LibraryService.recover`).
+    """
+
+    def __init__(self, service: str, address: str, stored: int | None = None, detail: str = ""):
+        self.service, self.address, self.stored, self.detail = service, address, stored, detail
+        text = f"{service} at {address} is not answering"
+        if detail:
+            text += f" ({detail})"
+        if stored is not None:
+            text += f"; {stored} clip{'s' * (stored != 1)} stored before it stopped"
+        super().__init__(text + "; run the same command again to continue once it is back.")
+
+    def with_stored(self, stored: int) -> "ServiceUnavailable":
+        return ServiceUnavailable(self.service, self.address, stored, self.detail)
+
+
+def mask_address(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", str(uri))
+
+
+def service_fault(err: BaseException, settings: Settings) -> ServiceUnavailable | None:
+    """The :class:`ServiceUnavailable` that ``err`` amounts to, or None if it is not a store server
+    (MySQL, a Milvus server) that stopped answering. SQLite's errors are a local file's, not a
+    service's, and are left as they are."""
+    if isinstance(err, ServiceUnavailable):
+        return err
+    import sqlalchemy.exc as sa_exc
+
+    url = settings.database_url
+    if not url.startswith("sqlite") and (isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
+            isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated)):
+        name = "MySQL" if url.startswith("mysql") else "The database server"
+        orig = getattr(err, "orig", None) or err
+        detail = str(orig.args[-1] if getattr(orig, "args", None) else orig).split("\n")[0][:120]
+        return ServiceUnavailable(name, mask_address(url), detail=detail)
+    try:
+        import grpc
+        from pymilvus.exceptions import MilvusException
+    except ImportError:  # pragma: no cover - both come with pymilvus
+        return None
+    if isinstance(err, grpc.RpcError) or (isinstance(err, MilvusException) and _MILVUS_DOWN.search(str(err))):
+        detail = str(getattr(err, "message", "") or err).split("\n")[0][:120]
+        return ServiceUnavailable("Milvus", mask_address(settings.milvus_uri), detail=detail)
+    return None
+
+
+#: What pymilvus says when the server cannot be reached or stops answering.
+_MILVUS_DOWN = re.compile(r"Fail connecting|server unavailable|UNAVAILABLE|DEADLINE_EXCEEDED|Retry timeout|"
+                          r"Retry run out|connection refused|Socket closed|timed? ?out", re.IGNORECASE)
+
+
+def _faults_reported(method):
+    """Turn a store that stopped answering during ``method`` into :class:`ServiceUnavailable`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:
+            fault = service_fault(err, self.settings)
+            if fault is None or fault is err:
+                raise
+            raise fault from err
+    return wrapper
+
+
 _SAFE_LABEL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -172,19 +246,27 @@ class LibraryService:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.library_dir.mkdir(parents=True, exist_ok=True)
         self.library_dir = s.library_dir
-        self.meta = MetadataStore(s.database_url)
-        self.lease = WriterLease(self.meta, s.writer_lease_s)  # other processes' recovery leaves our work alone
-        self.vectors = VectorStore(s.milvus_uri, s.index_type)
         self._write_lock = threading.RLock()
         self.fingerprints = duplicates.FingerprintCache()
-        self.speakers = SpeakerRegistry(self)  # enrol / identify / list / delete voiceprints
-        if recover:
-            self.recover()
+        self.meta = self.lease = self.vectors = None
+        try:
+            self.meta = MetadataStore(s.database_url)
+            self.lease = WriterLease(self.meta, s.writer_lease_s)  # other processes' recovery leaves our work alone
+            self.vectors = VectorStore(s.milvus_uri, s.index_type, timeout=s.milvus_timeout_s)
+            self.speakers = SpeakerRegistry(self)  # enrol / identify / list / delete voiceprints
+            if recover:
+                self.recover()
+        except Exception as err:
+            fault = service_fault(err, s)
+            self.close()
+            if fault is None or fault is err:
+                raise
+            raise fault from err
 
     def close(self) -> None:
-        self.lease.close()
-        self.vectors.close()
-        self.meta.close()
+        for part in (self.lease, self.vectors, self.meta):
+            if part is not None:
+                part.close()
 
     @property
     def owner(self) -> str:
@@ -231,6 +313,20 @@ class LibraryService:
         if not (len(names) == len(paths) == len(metadata)):
             raise ValueError("paths, names and metadata must have the same length")
         report = IngestReport(model)
+        try:
+            self._ingest_batches(paths, m, names, metadata, progress, batch_size, workers, report)
+        except Exception as err:
+            fault = service_fault(err, self.settings)
+            if fault is None:
+                raise
+            raise fault.with_stored(len(report.added)) from err
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _ingest_batches(self, paths, m: EmbeddingModel, names, metadata, progress: ProgressFn | None,
+                        batch_size: int, workers: int, report: IngestReport) -> None:
+        """The pipeline of :meth:`ingest_files`; items land in ``report`` batch by batch."""
+        model = m.info.name
         total = len(paths)
         done = 0
 
@@ -261,8 +357,6 @@ class LibraryService:
                 storing = writer.submit(self._store_batch, staged, [metadata[i] for i in idx], model)
             if storing is not None:
                 finish(storing)
-        report.seconds = time.perf_counter() - t0
-        return report
 
     def _prepare(self, path, name: str, m: EmbeddingModel):
         """Validate + decode + hash one file (no writes). Returns a dict or an IngestItem error."""
@@ -333,6 +427,8 @@ class LibraryService:
         with self._write_lock:
             try:
                 self.lease.renew()  # a starved heartbeat thread must not let this write's lease lapse
+                if self._unrecovered:  # a store was down when an earlier write failed: finish that first
+                    self.recover(sweep_vectors=False)
                 for pos, p, bounds, vecs in entries:
                     a: audio_mod.Audio = p["audio"]
                     meta = metadata[pos]
@@ -356,6 +452,11 @@ class LibraryService:
                     if began is None:  # e.g. a copy of a clip the previous batch wrote
                         out.append((pos, IngestItem(p["name"], "exists", known.id if known else None,
                                                     f"{p['name']}: already in the library"), vecs, a))
+                        continue
+                    if began == BUSY:
+                        out.append((pos, IngestItem(p["name"], "error", message=f"{p['name']}: another process "
+                                                    "is adding or deleting it right now; run the same command "
+                                                    "again to check"), vecs, a))
                         continue
                     begun.append((pos, p["name"], began[0], began[1], vecs, a))
                 if begun:
@@ -387,7 +488,7 @@ class LibraryService:
         try:
             self.recover(sweep_vectors=False)
         except Exception:
-            pass
+            self._unrecovered = True
 
     def _mark_near_duplicates(self, added: list, model: str) -> None:
         """Mark each just-added clip ``(item, vecs, audio, sha256)`` as a near-duplicate of its best
@@ -447,6 +548,9 @@ class LibraryService:
             Path(tmp).unlink(missing_ok=True)
             raise
         return stored
+
+    #: An earlier write failed and could not be cleaned up at once (a store was down).
+    _unrecovered = False
 
     #: Test hook: set to a callable(step) to inject faults at named steps.
     fault_hook: Callable[[str], None] | None = None
@@ -518,6 +622,7 @@ class LibraryService:
                                max_duration_s=s.max_duration_s)
         return a, m.embed([a.samples])[0]
 
+    @_faults_reported
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
                filters: dict | None = None) -> SearchResult:
         """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first.
@@ -537,6 +642,7 @@ class LibraryService:
         t2 = time.perf_counter()
         return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0})
 
+    @_faults_reported
     def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
                       exclude_clip: int | None = None) -> list[Hit]:
         """Search with an embedding; joins ready metadata rows and groups segments by clip.
@@ -601,18 +707,22 @@ class LibraryService:
             return False
 
     # -- browse / delete ----------------------------------------------------------------
+    @_faults_reported
     def count(self, model: str | None = None) -> int:
         return self.meta.count_clips(model)
 
+    @_faults_reported
     def counts(self) -> dict[str, int]:
         return self.meta.counts_by_model()
 
+    @_faults_reported
     def list_clips(self, model: str | None = None, query: str = "", offset: int = 0, limit: int = 50):
         return self.meta.list_clips(model, query, offset, limit)
 
     def clip_path(self, clip: ClipRow) -> Path:
         return self.library_dir / clip.stored_name
 
+    @_faults_reported
     def delete_clip(self, clip_id: int) -> bool:
         """Delete a clip from every model's collection and the library. False if unknown."""
         with self._write_lock:
@@ -633,6 +743,7 @@ class LibraryService:
                 raise
         return True
 
+    @_faults_reported
     def drop_model(self, model: str) -> int:
         """Drop a model's collection and its rows; clips left with no vectors go too."""
         collection_name(model)
@@ -655,6 +766,7 @@ class LibraryService:
             p.unlink(missing_ok=True)
 
     # -- recovery -----------------------------------------------------------------------
+    @_faults_reported
     def recover(self, sweep_vectors: bool = True) -> RecoveryReport:
         """Finish or roll back interrupted writes; remove orphans of every kind.
 
@@ -709,6 +821,7 @@ class LibraryService:
                 rep.orphan_clips += 1
             self._sweep_files(rep)
             self.meta.drop_expired_leases()
+            self._unrecovered = False
         return rep
 
     def _remove_clips_without_files(self, rep: RecoveryReport) -> None:
@@ -760,6 +873,7 @@ class LibraryService:
                 p.unlink(missing_ok=True)
                 rep.orphan_files += 1
 
+    @_faults_reported
     def check(self) -> dict[str, int]:
         """Consistency figures: rows without vectors, vectors without rows, files without rows."""
         out = {"rows_without_vectors": 0, "vectors_without_rows": 0, "unfinished_rows": 0,
