@@ -33,11 +33,12 @@ from search_core import plots
 from search_core.audio import AudioError
 from search_core.config import Settings, env_flag, get_settings
 from search_core.models import WeightsNotInstalled, describe, get_model
-from search_core.service import LibraryService
+from search_core.service import LibraryService, ServiceUnavailable
 
 MAX_K = 20
 ASSETS = Path(__file__).parent / "assets"
-FRIENDLY_ERRORS = (AudioError, WeightsNotInstalled, ValueError, KeyError, FileNotFoundError, NotADirectoryError)
+FRIENDLY_ERRORS = (AudioError, WeightsNotInstalled, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+                   ServiceUnavailable)
 
 
 @dataclass(frozen=True)

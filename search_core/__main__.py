@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -306,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     from .service import service_fault
 
     args = build_parser().parse_args(argv)
+    # pymilvus logs every failed retry with a traceback; a store that stopped answering is
+    # reported below in one line instead (pymilvus sets its loggers up when imported)
+    import pymilvus  # noqa: F401
+
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     try:
         return args.fn(args)
     except (AudioError, WeightsNotInstalled, ValueError, KeyError, NotADirectoryError, FileNotFoundError) as err:
