@@ -131,6 +131,8 @@ def public_message(err) -> str:
     >>> public_message(KeyError("unknown model 'x'"))
     "unknown model 'x'"
     """
+    if isinstance(err, ServiceUnavailable):  # which service, not where it runs
+        return err.public_text()
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     text = (text.strip().splitlines() or ["unknown error"])[0]
     return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("base"), text))

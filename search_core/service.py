@@ -164,6 +164,13 @@ class ServiceUnavailable(RuntimeError):
             text += f"; {stored} clip{'s' * (stored != 1)} stored before it stopped"
         super().__init__(text + "; run the same command again to continue once it is back.")
 
+    def public_text(self) -> str:
+        """The message without the service's address (for a page anyone may open)."""
+        text = f"{self.service} is not answering"
+        if self.stored is not None:
+            text += f"; {self.stored} clip{'s' * (self.stored != 1)} stored before it stopped"
+        return text + "; try again once it is back."
+
     def with_stored(self, stored: int) -> "ServiceUnavailable":
         return ServiceUnavailable(self.service, self.address, stored, self.detail)
 

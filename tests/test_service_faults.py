@@ -133,3 +133,42 @@ def test_the_password_is_masked():
         "mysql+pymysql://app:***@db:3306/audio?charset=utf8mb4"
     assert mask_address("http://root:Milvus@host:19530/db") == "http://root:***@host:19530/db"
     assert mask_address("http://host:19530") == "http://host:19530"
+
+
+def test_the_app_says_milvus_is_down_and_works_again_once_it_is_back(tmp_path, milvus_server, milvus_uri,
+                                                                     own_mysql_url):
+    mysql_url = own_mysql_url
+    from gradio_client import Client, handle_file
+
+    from apphelpers import running_app
+
+    paths = [write_wav(tmp_path / f"c{i}.wav", sound(i)) for i in range(3)]
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        with running_app(data, env={"MILVUS_URI": milvus_uri, "DATABASE_URL": mysql_url,
+                                    "MILVUS_TIMEOUT_S": "5"}) as url:
+            client = Client(url, verbose=False)
+            assert "2 added" in client.predict([handle_file(str(p)) for p in paths[:2]], MODEL, "", "", "",
+                                               api_name="/ingest")[0]
+            milvus_server.kill()
+            with pytest.raises(Exception) as err:
+                client.predict(query_path=handle_file(str(paths[0])), model=MODEL, k=2, api_name="/search")
+            assert "Milvus is not answering; try again once it is back." in str(err.value)
+            with pytest.raises(Exception) as err:
+                client.predict([handle_file(str(paths[2]))], MODEL, "", "", "", api_name="/ingest")
+            assert "Milvus is not answering; 0 clips stored before it stopped" in str(err.value)
+            milvus_server.start()
+            hits = client.predict(query_path=handle_file(str(paths[0])), model=MODEL, k=2, api_name="/search")[-1]
+            assert hits[0]["name"] == "c0.wav"
+            assert "1 added" in client.predict([handle_file(str(paths[2]))], MODEL, "", "", "",
+                                               api_name="/ingest")[0]
+    finally:
+        if milvus_server.proc is None:
+            milvus_server.start()
+    svc = LibraryService(_settings(tmp_path, milvus_uri, mysql_url), recover=False)
+    try:
+        assert svc.check() == {k: 0 for k in svc.check()}
+        assert sorted(c.original_name for c, _ in svc.list_clips(MODEL)) == ["c0.wav", "c1.wav", "c2.wav"]
+    finally:
+        svc.close()
