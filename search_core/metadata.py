@@ -245,7 +245,13 @@ class MetadataStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        _meta.create_all(self.engine)
+        for attempt in range(3):  # processes starting together on an empty database race to create it
+            try:
+                _meta.create_all(self.engine)
+                break
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as err:
+                if attempt == 2 or "already exists" not in str(err):
+                    raise
         _migrate(self.engine)
 
     def close(self) -> None:

@@ -60,28 +60,29 @@ def _start(env: dict, *args: str) -> subprocess.Popen:
 
 def test_writers_recoveries_and_a_killed_writer_lose_nothing(tmp_path, milvus_uri, mysql_url):
     library = tmp_path / "library"
-    manifests = _manifests(tmp_path, writers=3, per_writer=16)
+    manifests = _manifests(tmp_path, writers=3, per_writer=24)
     writers = [_start(_env(tmp_path, f"w{i}", milvus_uri, mysql_url, library),
                       "ingest", "--manifest", str(m), "--model", MODEL, "--quiet")
                for i, (m, _names) in enumerate(manifests)]
     victim = writers[1]
     renv = _env(tmp_path, "recover", milvus_uri, mysql_url, library)
     recoveries, killed = [], False
-    recovering: subprocess.Popen | None = None
+    recovering: list[subprocess.Popen | None] = [None, None]  # two recoveries at a time, restarted as they end
     deadline = time.monotonic() + 600
     while any(w.poll() is None for w in writers):
         assert time.monotonic() < deadline, "writers did not finish"
-        if recovering is None or recovering.poll() is not None:
-            if recovering is not None:
-                recoveries.append(recovering.communicate())
-            recovering = _start(renv, "recover")
+        for j, r in enumerate(recovering):
+            if r is None or r.poll() is not None:
+                if r is not None:
+                    recoveries.append(r.communicate())
+                recovering[j] = _start(renv, "recover")
         stored = len(list(library.iterdir())) if library.is_dir() else 0
         if not killed and stored >= 6 and victim.poll() is None:
             victim.send_signal(signal.SIGKILL)
             killed = True
         time.sleep(0.2)
-    if recovering is not None:
-        recoveries.append(recovering.communicate())
+    for r in recovering:
+        recoveries.append(r.communicate())
     assert killed, f"the victim finished before it could be killed: {victim.communicate()}"
     assert recoveries, "no recovery ran during the ingests"
     outputs = [w.communicate() for w in writers]
