@@ -33,7 +33,8 @@ from search_core import plots
 from search_core.audio import AudioError
 from search_core.config import Settings, env_flag, get_settings
 from search_core.models import WeightsNotInstalled, describe, get_model
-from search_core.service import LibraryService, ServiceUnavailable
+from search_core.faults import ServiceUnavailable
+from search_core.service import LibraryService
 
 MAX_K = 20
 ASSETS = Path(__file__).parent / "assets"

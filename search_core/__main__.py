@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .audio import AudioError
 from .config import get_settings
+from .faults import ServiceUnavailable, service_fault
 from .models import WeightsNotInstalled, describe, model_names
 
 
@@ -47,8 +48,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from .service import ServiceUnavailable
-
     svc = _service()
     model = args.model or svc.settings.default_sound_model
     bar = tqdm(total=0, unit="file", disable=args.quiet)
@@ -304,8 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .service import service_fault
-
     args = build_parser().parse_args(argv)
     # pymilvus logs every failed retry with a traceback; a store that stopped answering is
     # reported below in one line instead (pymilvus sets its loggers up when imported)

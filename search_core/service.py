@@ -14,8 +14,15 @@ and search never shows a half-written clip)::
 or rolls back whatever a fault interrupted, one clip-and-model at a time: pending rows whose
 vectors all exist become ready, otherwise all of that clip's rows and vectors for the model go;
 'deleting' rows are deleted; ready rows whose vector the store lost are rolled back (a rerun
-re-adds them); Milvus vectors without rows, clip rows without vectors, library files without
-rows and temp files are removed. A healthy clip is never touched.
+re-adds them); ready clips whose file is gone are removed (and named); Milvus vectors without
+rows, clip rows without vectors, library files without rows and temp files are removed. A
+healthy clip is never touched.
+
+Several processes may share one Milvus server, one MySQL and one library folder. Each holds a
+lease (:class:`~search_core.metadata.WriterLease`) and stamps its unfinished rows and temp files
+with its owner id; recovery only acts on the work of writers whose lease expired or whose process
+is gone, and removes an unknown library file only when no other writer is live or the file is
+older than the lease. A store that stops answering surfaces as :class:`ServiceUnavailable`.
 """
 from __future__ import annotations
 
@@ -38,7 +45,9 @@ from . import audio as audio_mod
 from . import duplicates
 from .audio import AudioError
 from .config import Settings, env_flag, get_settings
-from .metadata import BUSY, DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, WriterLease, filter_conditions, pid_alive
+from .faults import _faults_reported, service_fault
+from .metadata import (BUSY, DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, WriterLease, filter_conditions,
+                       pid_alive)
 from .models import EmbeddingModel, get_model, model_names
 from .speakers import SpeakerRegistry
 from .vectors import VectorHit, VectorStore, collection_name
@@ -144,87 +153,6 @@ class RecoveryReport:
     @property
     def changed(self) -> bool:
         return any(vars(self).values())
-
-
-class ServiceUnavailable(RuntimeError):
-    """Milvus or the SQL database did not answer, or dropped the connection mid-work.
-
-    The message is one line for the user: which service, its address (password masked), how many
-    clips were stored before it stopped (for ingest), and that running the same command again
-    continues. What was stored stays; an interrupted write is finished or rolled back by the next
-    start (see :meth:`LibraryService.recover`).
-    """
-
-    def __init__(self, service: str, address: str, stored: int | None = None, detail: str = ""):
-        self.service, self.address, self.stored, self.detail = service, address, stored, detail
-        text = f"{service} at {address} is not answering"
-        if detail:
-            text += f" ({detail})"
-        if stored is not None:
-            text += f"; {stored} clip{'s' * (stored != 1)} stored before it stopped"
-        super().__init__(text + "; run the same command again to continue once it is back.")
-
-    def public_text(self) -> str:
-        """The message without the service's address (for a page anyone may open)."""
-        text = f"{self.service} is not answering"
-        if self.stored is not None:
-            text += f"; {self.stored} clip{'s' * (self.stored != 1)} stored before it stopped"
-        return text + "; try again once it is back."
-
-    def with_stored(self, stored: int) -> "ServiceUnavailable":
-        return ServiceUnavailable(self.service, self.address, stored, self.detail)
-
-
-def mask_address(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", str(uri))
-
-
-def service_fault(err: BaseException, settings: Settings) -> ServiceUnavailable | None:
-    """The :class:`ServiceUnavailable` that ``err`` amounts to, or None if it is not a store server
-    (MySQL, a Milvus server) that stopped answering. SQLite's errors are a local file's, not a
-    service's, and are left as they are."""
-    if isinstance(err, ServiceUnavailable):
-        return err
-    import sqlalchemy.exc as sa_exc
-
-    url = settings.database_url
-    if not url.startswith("sqlite") and (isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
-            isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated)):
-        name = "MySQL" if url.startswith("mysql") else "The database server"
-        orig = getattr(err, "orig", None) or err
-        detail = str(orig.args[-1] if getattr(orig, "args", None) else orig).split("\n")[0][:120]
-        return ServiceUnavailable(name, mask_address(url), detail=detail)
-    try:
-        import grpc
-        from pymilvus.exceptions import MilvusException
-    except ImportError:  # pragma: no cover - both come with pymilvus
-        return None
-    if isinstance(err, grpc.RpcError) or (isinstance(err, MilvusException) and _MILVUS_DOWN.search(str(err))):
-        detail = str(getattr(err, "message", "") or err).split("\n")[0][:120]
-        return ServiceUnavailable("Milvus", mask_address(settings.milvus_uri), detail=detail)
-    return None
-
-
-#: What pymilvus says when the server cannot be reached or stops answering.
-_MILVUS_DOWN = re.compile(r"Fail connecting|server unavailable|UNAVAILABLE|DEADLINE_EXCEEDED|Retry timeout|"
-                          r"Retry run out|connection refused|Socket closed|timed? ?out", re.IGNORECASE)
-
-
-def _faults_reported(method):
-    """Turn a store that stopped answering during ``method`` into :class:`ServiceUnavailable`."""
-    import functools
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as err:
-            fault = service_fault(err, self.settings)
-            if fault is None or fault is err:
-                raise
-            raise fault from err
-    return wrapper
 
 
 _SAFE_LABEL = re.compile(r"[\x00-\x1f\x7f]")

@@ -127,7 +127,7 @@ def test_mariadb_stopped_during_an_ingest(tmp_path, milvus_uri, own_mysql_url):
 
 
 def test_the_password_is_masked():
-    from search_core.service import mask_address
+    from search_core.faults import mask_address
 
     assert mask_address("mysql+pymysql://app:s3cr3t@db:3306/audio?charset=utf8mb4") == \
         "mysql+pymysql://app:***@db:3306/audio?charset=utf8mb4"
