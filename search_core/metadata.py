@@ -217,7 +217,7 @@ def make_engine(url: str) -> sa.engine.Engine:
         return engine
     args = {}
     if url.startswith("mysql+pymysql"):
-        args = {"connect_timeout": MYSQL_TIMEOUT_S, "read_timeout": 120, "write_timeout": 120}
+        args = {"connect_timeout": MYSQL_TIMEOUT_S, "read_timeout": 60, "write_timeout": 60}
     return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600, connect_args=args)
 
 
