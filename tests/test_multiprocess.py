@@ -277,3 +277,38 @@ def test_a_database_made_by_the_previous_release_is_migrated(backend_settings, t
         assert svc.check() == {k: 0 for k in svc.check()}
     finally:
         svc.close()
+
+
+def test_content_another_writer_is_adding_is_not_reported_as_existing(tmp_path, milvus_uri, mysql_url):
+    """B ingests the file A is in the middle of writing: B must not say "already in the library"
+    (A might still fail); it says another process is adding it, and a rerun finds it stored."""
+    import threading
+
+    from conftest import sound, write_wav
+
+    f = write_wav(tmp_path / "in" / "s.wav", sound(2))
+    settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
+    a, b = LibraryService(settings), LibraryService(settings)
+    reached, go = threading.Event(), threading.Event()
+
+    def pause(s: str) -> None:
+        if s == "after_rows":
+            reached.set()
+            assert go.wait(120)
+
+    a.fault_hook = pause
+    t = threading.Thread(target=lambda: a.ingest_files([f], MODEL))
+    t.start()
+    try:
+        assert reached.wait(120)
+        item = b.ingest_files([f], MODEL).items[0]
+        assert item.status == "error" and "another process is adding or deleting it" in item.message
+    finally:
+        go.set()
+        t.join(120)
+    try:
+        assert b.ingest_files([f], MODEL).items[0].status == "exists"
+        assert b.check() == {k: 0 for k in b.check()}
+    finally:
+        a.close()
+        b.close()
