@@ -38,13 +38,15 @@ from search_core import plots
 from search_core.audio import AudioError
 from search_core.config import Settings, env_flag, get_settings
 from search_core.models import WeightsNotInstalled, describe, get_model
+from search_core.faults import ServiceUnavailable
 from search_core.service import LibraryService
 from search_core.webguard import (CacheJanitor, Guard, GuardMiddleware, GuardSettings, LoginThrottle, RateWindow,
                       gradio_cache_files, trust_forwarding_from)
 
 MAX_K = 20
 ASSETS = Path(__file__).parent / "assets"
-FRIENDLY_ERRORS = (AudioError, WeightsNotInstalled, ValueError, KeyError, FileNotFoundError, NotADirectoryError)
+FRIENDLY_ERRORS = (AudioError, WeightsNotInstalled, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+                   ServiceUnavailable)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ def public_message(err) -> str:
     >>> public_message(KeyError("unknown model 'x'"))
     "unknown model 'x'"
     """
+    if isinstance(err, ServiceUnavailable):  # which service, not where it runs
+        return err.public_text()
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     text = (text.strip().splitlines() or ["unknown error"])[0]
     return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("base"), text))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -26,13 +27,18 @@ from tqdm import tqdm
 
 from .audio import AudioError, fmt_seconds
 from .config import get_settings
+from .faults import ServiceUnavailable, service_fault
 from .models import WeightsNotInstalled, describe, model_names
+
+
+_open: list = []  # services this command opened; closed on exit (gives their writer lease up)
 
 
 def _service():
     from .service import LibraryService
 
-    return LibraryService(get_settings())
+    _open.append(LibraryService(get_settings()))
+    return _open[-1]
 
 
 def cmd_models(args) -> int:
@@ -53,18 +59,23 @@ def cmd_ingest(args) -> int:
         bar.refresh()
 
     reports = []
-    if args.manifest:
-        reports.append(svc.ingest_folder(Path(args.manifest).parent, model, manifest=args.manifest, progress=progress))
-    files = []
-    for p in args.paths:
-        if Path(p).is_dir():
-            bar.n = 0
-            reports.append(svc.ingest_folder(p, model, progress=progress))
-        else:
-            files.append(p)
-    if files:
-        reports.append(svc.ingest_files(files, model, progress=progress))
-    bar.close()
+    try:
+        if args.manifest:
+            reports.append(svc.ingest_folder(Path(args.manifest).parent, model, manifest=args.manifest,
+                                             progress=progress))
+        files = []
+        for p in args.paths:
+            if Path(p).is_dir():
+                bar.n = 0
+                reports.append(svc.ingest_folder(p, model, progress=progress))
+            else:
+                files.append(p)
+        if files:
+            reports.append(svc.ingest_files(files, model, progress=progress))
+    except ServiceUnavailable as err:  # count what the earlier folders/manifest stored too
+        raise err.with_stored((err.stored or 0) + sum(len(r.added) for r in reports)) from err
+    finally:
+        bar.close()
     errors = 0
     for rep in reports:
         for item in rep.errors:
@@ -295,12 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # pymilvus logs every failed retry with a traceback; a store that stopped answering is
+    # reported below in one line instead (pymilvus sets its loggers up when imported)
+    import pymilvus  # noqa: F401
+
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     try:
         return args.fn(args)
     except (AudioError, WeightsNotInstalled, ValueError, KeyError, NotADirectoryError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except Exception as err:  # Milvus or the database stopped answering: one line, not a traceback
+        fault = service_fault(err, get_settings())
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
+        return 3
+    finally:
+        while _open:
+            _open.pop().close()
 
 
 if __name__ == "__main__":

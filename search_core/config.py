@@ -74,6 +74,8 @@ class Settings:
     max_decode_samples: int = 2 * 3600 * 48000 * 2  # frames x channels one file may decode (2 h stereo 48 kHz)
     default_sound_model: str = "aisfx"
     default_speaker_model: str = "resemblyzer"
+    writer_lease_s: float = 60.0
+    milvus_timeout_s: float = 20.0
     extra: dict = field(default_factory=dict)
 
 
@@ -83,7 +85,10 @@ def get_settings() -> Settings:
     ``DATA_DIR`` (default ``./data``) holds the embedded stores; ``MILVUS_URI`` defaults to a
     Milvus Lite file in it, ``DATABASE_URL`` to a SQLite file in it, ``LIBRARY_DIR`` (where
     ingested audio is copied, named by content hash) to ``DATA_DIR/library`` and ``WEIGHTS_DIR``
-    (model weights) to ``DATA_DIR/weights``.
+    (model weights) to ``DATA_DIR/weights``. ``WRITER_LEASE_S`` (default 60) is how long a
+    writer's unfinished work is left alone by other processes' recovery after its last heartbeat,
+    and how old an unknown library file must be before recovery removes it. ``MILVUS_TIMEOUT_S``
+    (default 20) is how long a Milvus call may take before the server counts as unreachable.
     """
     data_dir = Path(_env("DATA_DIR", "data")).resolve()
     return Settings(
@@ -99,4 +104,6 @@ def get_settings() -> Settings:
         max_decode_samples=_env_int("MAX_DECODE_SAMPLES", 2 * 3600 * 48000 * 2),
         default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),
         default_speaker_model=_env("DEFAULT_SPEAKER_MODEL", "resemblyzer"),
+        writer_lease_s=_env_float("WRITER_LEASE_S", 60.0),
+        milvus_timeout_s=_env_float("MILVUS_TIMEOUT_S", 20.0),
     )

@@ -9,7 +9,12 @@ Tables:
     one row per embedding (a clip has one per model, or one per segment of a long recording).
     Its ``id`` is the Milvus primary key. ``status`` makes writes recoverable: a row is
     ``pending`` before its vector is inserted, ``ready`` after, ``deleting`` while it is removed.
-    Search only ever shows ``ready`` rows.
+    Search only ever shows ``ready`` rows. ``owner`` names the writer (a row of ``writers``)
+    whose unfinished work the row is.
+``writers``
+    one row per live process that may write: its owner id and a lease (``expires_at``) that it
+    renews while it runs. Recovery only finishes or rolls back unfinished rows whose owner's
+    lease has expired (or that have no owner): another live process' work is left alone.
 ``near_duplicates``
     clip -> the earlier clip it is a near-duplicate of, per model (marked at ingest; rows go
     with either clip by ON DELETE CASCADE).
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Sequence
 
 import sqlalchemy as sa
@@ -31,6 +36,8 @@ from sqlalchemy import event
 from . import limits
 
 PENDING, READY, DELETING = "pending", "ready", "deleting"
+#: :meth:`MetadataStore.begin_ingest`: this content is being written or deleted by another writer.
+BUSY = "busy"
 
 _meta = sa.MetaData()
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
@@ -62,10 +69,24 @@ vectors = sa.Table(
     sa.Column("end_s", sa.Float, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("owner", sa.String(64)),  # the writer whose unfinished work this row is (added by _migrate)
     sa.UniqueConstraint("clip_id", "model", "seg", name="uq_vectors_clip_model_seg"),
     sa.Index("ix_vectors_model_status", "model", "status"),
     mysql_charset="utf8mb4",
 )
+
+# Writers' leases: a process renews its row while it lives; recovery acts only on expired owners.
+writers = sa.Table(
+    "writers", _meta,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+    mysql_charset="utf8mb4",
+)
+
+# Columns added since the first release, created on databases that predate them.
+_ADDED_COLUMNS = {"vectors": [("owner", "VARCHAR(64)")]}
 
 # One row per clip that ingest found to be a near-duplicate of an earlier clip, per model
 # (the models disagree on what is "near"). Rows go with either clip (ON DELETE CASCADE).
@@ -177,8 +198,14 @@ class VectorRef:
     clip: ClipRow
 
 
+#: Seconds a MySQL connection attempt or a read/write on it may take before the server counts
+#: as unreachable (a stopped server is refused at once; an unreachable host would hang for minutes).
+MYSQL_TIMEOUT_S = 10
+
+
 def make_engine(url: str) -> sa.engine.Engine:
-    """An engine that survives a restarted server (pre-ping) and is safe for threads on SQLite."""
+    """An engine that survives a restarted server (pre-ping), gives up on an unreachable one in
+    seconds, and is safe for threads on SQLite."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -191,7 +218,28 @@ def make_engine(url: str) -> sa.engine.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+    args = {}
+    if url.startswith("mysql+pymysql"):
+        args = {"connect_timeout": MYSQL_TIMEOUT_S, "read_timeout": 60, "write_timeout": 60}
+    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600, connect_args=args)
+
+
+def _migrate(engine: sa.engine.Engine) -> None:
+    """Add the columns of :data:`_ADDED_COLUMNS` that a database made by an older release lacks.
+
+    Several processes may start at once: a column another one just added is fine.
+    """
+    for table, cols in _ADDED_COLUMNS.items():
+        have = {c["name"] for c in sa.inspect(engine).get_columns(table)}
+        for name, ddl in cols:
+            if name in have:
+                continue
+            try:
+                with engine.begin() as c:
+                    c.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+            except sa.exc.DBAPIError:
+                if name not in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
+                    raise
 
 
 class MetadataStore:
@@ -200,7 +248,14 @@ class MetadataStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        _meta.create_all(self.engine)
+        for attempt in range(3):  # processes starting together on an empty database race to create it
+            try:
+                _meta.create_all(self.engine)
+                break
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as err:
+                if attempt == 2 or "already exists" not in str(err):
+                    raise
+        _migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -222,13 +277,23 @@ class MetadataStore:
                 vectors.c.clip_id == clip_id, vectors.c.model == model, vectors.c.status == READY)
             return c.execute(q).scalar_one() > 0
 
-    def begin_ingest(self, new: NewClip, model: str,
-                     segments: Sequence[tuple[float, float]]) -> tuple[int, list[int]] | None:
-        """Insert the clip (if new) and one ``pending`` vector row per segment, in one transaction.
+    def begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
+                     owner: str | None = None) -> tuple[int, list[int]] | str | None:
+        """Insert the clip (if new) and one ``pending`` vector row per segment owned by ``owner``,
+        in one transaction.
 
-        Returns ``(clip_id, vector_ids)``, or None if this content already has vectors for
-        ``model`` (ingest is idempotent).
+        Returns ``(clip_id, vector_ids)``, None if this content already has ready vectors for
+        ``model`` (ingest is idempotent), or :data:`BUSY` if its rows for ``model`` are unfinished
+        (another writer's, or an interrupted write recovery has not handled yet). Another process inserting the same content at the same
+        moment makes the first attempt fail on the unique sha256; the second finds its row.
         """
+        try:
+            return self._begin_ingest(new, model, segments, owner)
+        except sa.exc.IntegrityError:
+            return self._begin_ingest(new, model, segments, owner)
+
+    def _begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
+                      owner: str | None) -> tuple[int, list[int]] | str | None:
         now = utcnow()
         with self.engine.begin() as c:
             r = c.execute(sa.select(clips.c.id).where(clips.c.sha256 == new.sha256)).first()
@@ -240,38 +305,54 @@ class MetadataStore:
                     tags=json.dumps(list(new.tags)), created_at=now)).inserted_primary_key[0]
             else:
                 clip_id = r[0]
-                exists = c.execute(sa.select(sa.func.count()).select_from(vectors).where(
-                    vectors.c.clip_id == clip_id, vectors.c.model == model)).scalar_one()
-                if exists:
-                    return None
+                statuses = {r[0] for r in c.execute(sa.select(vectors.c.status).distinct().where(
+                    vectors.c.clip_id == clip_id, vectors.c.model == model))}
+                if statuses:
+                    return None if statuses == {READY} else BUSY
             ids = []
             for seg, (start, end) in enumerate(segments):
                 ids.append(c.execute(vectors.insert().values(
                     clip_id=clip_id, model=model, seg=seg, start_s=float(start), end_s=float(end),
-                    status=PENDING, created_at=now)).inserted_primary_key[0])
+                    status=PENDING, created_at=now, owner=owner)).inserted_primary_key[0])
         return int(clip_id), [int(i) for i in ids]
 
-    def set_status(self, vector_ids: Iterable[int], status: str) -> None:
+    def set_status(self, vector_ids: Iterable[int], status: str) -> set[int]:
+        """Set the status of rows; returns the ids that have ``status`` now.
+
+        Only ``pending`` rows become ``ready`` (a row being deleted never comes back). A pending
+        row another process rolled back (deleted) is not among the ids returned: its clip was
+        not stored."""
         ids = [int(i) for i in vector_ids]
-        if not ids:
-            return
+        out: set[int] = set()
         with self.engine.begin() as c:
             for chunk in _chunks(ids):
-                c.execute(vectors.update().where(vectors.c.id.in_(chunk)).values(status=status))
+                cond = [vectors.c.id.in_(chunk)] + ([vectors.c.status == PENDING] if status == READY else [])
+                c.execute(vectors.update().where(*cond).values(status=status))
+                out.update(int(r[0]) for r in c.execute(
+                    sa.select(vectors.c.id).where(vectors.c.id.in_(chunk), vectors.c.status == status)))
+        return out
 
-    def mark_clip_deleting(self, clip_id: int) -> dict[str, list[int]]:
+    def existing_rows(self, vector_ids: Iterable[int]) -> set[int]:
+        """Which of ``vector_ids`` have a row (any status)."""
+        out: set[int] = set()
+        with self.engine.connect() as c:
+            for chunk in _chunks([int(i) for i in vector_ids]):
+                out.update(int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(vectors.c.id.in_(chunk))))
+        return out
+
+    def mark_clip_deleting(self, clip_id: int, owner: str | None = None) -> dict[str, list[int]]:
         """Hide a clip from search by marking all its vectors ``deleting``; returns ids per model."""
         with self.engine.begin() as c:
-            c.execute(vectors.update().where(vectors.c.clip_id == clip_id).values(status=DELETING))
+            c.execute(vectors.update().where(vectors.c.clip_id == clip_id).values(status=DELETING, owner=owner))
             rows = c.execute(sa.select(vectors.c.id, vectors.c.model).where(vectors.c.clip_id == clip_id)).all()
         out: dict[str, list[int]] = {}
         for vid, model in rows:
             out.setdefault(model, []).append(int(vid))
         return out
 
-    def mark_model_deleting(self, model: str) -> list[int]:
+    def mark_model_deleting(self, model: str, owner: str | None = None) -> list[int]:
         with self.engine.begin() as c:
-            c.execute(vectors.update().where(vectors.c.model == model).values(status=DELETING))
+            c.execute(vectors.update().where(vectors.c.model == model).values(status=DELETING, owner=owner))
             return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(vectors.c.model == model))]
 
     def delete_vector_rows(self, vector_ids: Iterable[int]) -> None:
@@ -367,11 +448,63 @@ class MetadataStore:
         with self.engine.connect() as c:
             return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(*cond))]
 
-    def unfinished(self) -> list[tuple[int, str, str]]:
-        """``(vector_id, model, status)`` of every row that is not ready (for recovery)."""
+    def unfinished(self, owner: str | None = None) -> list[tuple[int, str, str]]:
+        """``(vector_id, model, status)`` of every row that is not ready.
+
+        With ``owner`` (for recovery): only the rows that are ``owner``'s own, have no owner, or
+        whose owner's lease has expired; another live writer's rows are left out.
+        """
+        q = sa.select(vectors.c.id, vectors.c.model, vectors.c.status).where(vectors.c.status != READY)
+        if owner is not None:
+            q = q.where(sa.or_(vectors.c.owner.is_(None), vectors.c.owner == owner,
+                               ~self._live_lease(vectors.c.owner)))
         with self.engine.connect() as c:
-            q = sa.select(vectors.c.id, vectors.c.model, vectors.c.status).where(vectors.c.status != READY)
             return [(int(i), m, s) for i, m, s in c.execute(q)]
+
+    @staticmethod
+    def _live_lease(owner_col):
+        return sa.exists().where(writers.c.owner == owner_col, writers.c.expires_at > utcnow())
+
+    def live_clip_ids(self, owner: str) -> set[int]:
+        """Clips with unfinished rows of another writer whose lease is live (recovery leaves them alone)."""
+        q = sa.select(vectors.c.clip_id).distinct().where(
+            vectors.c.status != READY, vectors.c.owner.is_not(None), vectors.c.owner != owner,
+            self._live_lease(vectors.c.owner))
+        with self.engine.connect() as c:
+            return {int(r[0]) for r in c.execute(q)}
+
+    # -- writers' leases -----------------------------------------------------------------
+    def renew_lease(self, owner: str, host: str, pid: int, seconds: float) -> None:
+        """Create or extend ``owner``'s lease to ``seconds`` from now."""
+        expires = utcnow() + timedelta(seconds=float(seconds))
+        with self.engine.begin() as c:
+            n = c.execute(writers.update().where(writers.c.owner == owner).values(expires_at=expires)).rowcount
+            if not n:
+                c.execute(writers.insert().values(owner=owner, host=host[:255], pid=int(pid), expires_at=expires))
+
+    def drop_lease(self, owner: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(writers.delete().where(writers.c.owner == owner))
+
+    def leases(self) -> list[tuple[str, str, int]]:
+        """``(owner, host, pid)`` of every writer with a lease row (live or expired)."""
+        with self.engine.connect() as c:
+            return [(o, h, int(p)) for o, h, p in c.execute(sa.select(writers.c.owner, writers.c.host, writers.c.pid))]
+
+    def live_owners(self) -> set[str]:
+        """Owners whose lease has not expired."""
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(sa.select(writers.c.owner).where(writers.c.expires_at > utcnow()))}
+
+    def drop_expired_leases(self) -> int:
+        """Forget writers whose lease expired (after recovery has handled their rows)."""
+        with self.engine.begin() as c:
+            return int(c.execute(writers.delete().where(writers.c.expires_at <= utcnow())).rowcount or 0)
+
+    def clip_files(self) -> dict[int, str]:
+        """``{clip id: stored file name}`` of every clip."""
+        with self.engine.connect() as c:
+            return {int(i): n for i, n in c.execute(sa.select(clips.c.id, clips.c.stored_name))}
 
     def vector_groups(self, vector_ids: Sequence[int]) -> dict[tuple[int, str], list[int]]:
         """Every vector row id of each (clip, model) that one of ``vector_ids`` belongs to.
@@ -495,3 +628,75 @@ class MetadataStore:
 def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
     for i in range(0, len(ids), size):
         yield ids[i:i + size]
+
+
+def machine_id() -> str:
+    """This host and process namespace: processes with the same one can see each other's pids."""
+    import os
+    import socket
+
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return f"{socket.gethostname()}/{ns}"[:255]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (in this pid namespace)."""
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterLease:
+    """This process' lease in the ``writers`` table, renewed by a daemon thread every third of its
+    length, so that other processes' recovery leaves this process' unfinished work alone.
+
+    A renewal that fails (the database is briefly down) is retried at the next beat; if the lease
+    runs out meanwhile, other processes may roll back this one's unfinished rows, which the write
+    path notices (:meth:`MetadataStore.set_status` returns fewer ids).
+    """
+
+    def __init__(self, store: MetadataStore, seconds: float):
+        import os
+        import threading
+        import uuid
+
+        if not seconds > 0:
+            raise ValueError(f"the writer lease must be a positive number of seconds, got {seconds}")
+        self.store, self.seconds = store, float(seconds)
+        self.host, self.pid = machine_id(), os.getpid()
+        self.owner = uuid.uuid4().hex[:16]
+        self._stop = threading.Event()
+        self.renew()
+        self._thread = threading.Thread(target=self._beat, name="writer-lease", daemon=True)
+        self._thread.start()
+
+    def renew(self) -> None:
+        try:
+            self.store.renew_lease(self.owner, self.host, self.pid, self.seconds)
+        except sa.exc.IntegrityError:  # the heartbeat inserted it at the same moment
+            pass
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.renew()
+            except Exception:  # noqa: BLE001 - retried at the next beat; see the class docstring
+                pass
+
+    def close(self) -> None:
+        """Stop renewing and give the lease up (this process' work is finished or rolled back)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.store.drop_lease(self.owner)
+        except Exception:  # noqa: BLE001 - the lease then simply expires
+            pass

@@ -14,8 +14,15 @@ and search never shows a half-written clip)::
 or rolls back whatever a fault interrupted, one clip-and-model at a time: pending rows whose
 vectors all exist become ready, otherwise all of that clip's rows and vectors for the model go;
 'deleting' rows are deleted; ready rows whose vector the store lost are rolled back (a rerun
-re-adds them); Milvus vectors without rows, clip rows without vectors, library files without
-rows and temp files are removed. A healthy clip is never touched.
+re-adds them); ready clips whose file is gone are removed (and named); Milvus vectors without
+rows, clip rows without vectors, library files without rows and temp files are removed. A
+healthy clip is never touched.
+
+Several processes may share one Milvus server, one MySQL and one library folder. Each holds a
+lease (:class:`~search_core.metadata.WriterLease`) and stamps its unfinished rows and temp files
+with its owner id; recovery only acts on the work of writers whose lease expired or whose process
+is gone, and removes an unknown library file only when no other writer is live or the file is
+older than the lease. A store that stops answering surfaces as :class:`ServiceUnavailable`.
 """
 from __future__ import annotations
 
@@ -37,7 +44,9 @@ from . import audio as audio_mod
 from . import duplicates, limits
 from .audio import AudioError
 from .config import Settings, env_flag, get_settings
-from .metadata import DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, filter_conditions
+from .faults import _faults_reported, service_fault
+from .metadata import (BUSY, DELETING, PENDING, READY, ClipRow, MetadataStore, NewClip, WriterLease, filter_conditions,
+                       pid_alive)
 from .models import EmbeddingModel, get_model, model_names
 from .speakers import SpeakerRegistry
 from .vectors import VectorHit, VectorStore, collection_name
@@ -142,6 +151,8 @@ class RecoveryReport:
     orphan_clips: int = 0
     orphan_files: int = 0
     orphan_vectors: int = 0
+    missing_files: int = 0   # ready clips whose library file was gone: removed (names in ``removed``)
+    removed: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -184,17 +195,32 @@ class LibraryService:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.library_dir.mkdir(parents=True, exist_ok=True)
         self.library_dir = s.library_dir
-        self.meta = MetadataStore(s.database_url)
-        self.vectors = VectorStore(s.milvus_uri, s.index_type)
         self._write_lock = threading.RLock()
         self.fingerprints = duplicates.FingerprintCache()
-        self.speakers = SpeakerRegistry(self)  # enrol / identify / list / delete voiceprints
-        if recover:
-            self.recover()
+        self.meta = self.lease = self.vectors = None
+        try:
+            self.meta = MetadataStore(s.database_url)
+            self.lease = WriterLease(self.meta, s.writer_lease_s)  # other processes' recovery leaves our work alone
+            self.vectors = VectorStore(s.milvus_uri, s.index_type, timeout=s.milvus_timeout_s)
+            self.speakers = SpeakerRegistry(self)  # enrol / identify / list / delete voiceprints
+            if recover:
+                self.recover()
+        except Exception as err:
+            fault = service_fault(err, s)
+            self.close()
+            if fault is None or fault is err:
+                raise
+            raise fault from err
 
     def close(self) -> None:
-        self.vectors.close()
-        self.meta.close()
+        for part in (self.lease, self.vectors, self.meta):
+            if part is not None:
+                part.close()
+
+    @property
+    def owner(self) -> str:
+        """This service's writer id: its unfinished rows carry it (see :class:`WriterLease`)."""
+        return self.lease.owner
 
     # -- models -------------------------------------------------------------------------
     @staticmethod
@@ -243,6 +269,20 @@ class LibraryService:
         paths = [paths[i] for i in keep]
         names = [checked[i][0] for i in keep]
         metadata = [checked[i][1] for i in keep]
+        try:
+            self._ingest_batches(paths, m, names, metadata, progress, batch_size, workers, report)
+        except Exception as err:
+            fault = service_fault(err, self.settings)
+            if fault is None:
+                raise
+            raise fault.with_stored(len(report.added)) from err
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _ingest_batches(self, paths, m: EmbeddingModel, names, metadata, progress: ProgressFn | None,
+                        batch_size: int, workers: int, report: IngestReport) -> None:
+        """The pipeline of :meth:`ingest_files`; items land in ``report`` batch by batch."""
+        model = m.info.name
         total = len(paths)
         done = 0
 
@@ -272,8 +312,6 @@ class LibraryService:
                 storing = writer.submit(self._store_batch, staged, [metadata[i] for i in idx], model)
             if storing is not None:
                 finish(storing)
-        report.seconds = time.perf_counter() - t0
-        return report
 
     def _prepare(self, path, name: str, m: EmbeddingModel):
         """Validate + decode + hash one file (no writes). Returns a dict or an IngestItem error."""
@@ -341,8 +379,12 @@ class LibraryService:
         vectors, audio)`` per entry.
         """
         out, begun = [], []  # begun: (position, name, clip_id, vector ids, vectors, audio)
+        ready: set[int] = set()
         with self._write_lock:
             try:
+                self.lease.renew()  # a starved heartbeat thread must not let this write's lease lapse
+                if self._unrecovered:  # a store was down when an earlier write failed: finish that first
+                    self.recover(sweep_vectors=False)
                 for pos, p, bounds, vecs in entries:
                     a: audio_mod.Audio = p["audio"]
                     meta = metadata[pos]
@@ -362,10 +404,15 @@ class LibraryService:
                                   speaker=clean_text(meta.get("speaker")), source=clean_text(meta.get("source")),
                                   tags=[t for t in (clean_text(x, 64) for x in meta.get("tags") or []) if t])
                     segments = [(s / a.sample_rate, e / a.sample_rate) for s, e in bounds]
-                    began = self.meta.begin_ingest(new, model, segments)
+                    began = self.meta.begin_ingest(new, model, segments, owner=self.owner)
                     if began is None:  # e.g. a copy of a clip the previous batch wrote
                         out.append((pos, IngestItem(p["name"], "exists", known.id if known else None,
                                                     f"{p['name']}: already in the library"), vecs, a))
+                        continue
+                    if began == BUSY:
+                        out.append((pos, IngestItem(p["name"], "error", message=f"{p['name']}: another process "
+                                                    "is adding or deleting it right now; run the same command "
+                                                    "again to check"), vecs, a))
                         continue
                     begun.append((pos, p["name"], began[0], began[1], vecs, a))
                 if begun:
@@ -373,12 +420,20 @@ class LibraryService:
                     ids = [i for b in begun for i in b[3]]
                     self.vectors.upsert(model, ids, np.concatenate([b[4] for b in begun]))
                     self._fault("after_vectors")
-                    self.meta.set_status(ids, READY)
+                    ready = self.meta.set_status(ids, READY)
                     self._fault("after_ready")
+                    lost = [i for i in ids if i not in ready]
+                    if lost:  # rolled back under us (our lease lapsed): their vectors are orphans now
+                        self.vectors.delete(model, sorted(set(lost) - self.meta.existing_rows(lost)))
             except BaseException:
                 self._recover_after_error()
                 raise
-        out += [(pos, IngestItem(name, "added", cid), vecs, a) for pos, name, cid, _ids, vecs, a in begun]
+        for pos, name, cid, vids, vecs, a in begun:
+            if all(i in ready for i in vids):
+                out.append((pos, IngestItem(name, "added", cid), vecs, a))
+            else:  # never report "added" for a clip that is not searchable
+                out.append((pos, IngestItem(name, "error", message=f"{name}: not stored (another process "
+                                            "rolled the write back); run the same command again"), vecs, a))
         return sorted(out, key=lambda t: t[0])
 
     def _recover_after_error(self) -> None:
@@ -389,7 +444,7 @@ class LibraryService:
         try:
             self.recover(sweep_vectors=False)
         except Exception:
-            pass
+            self._unrecovered = True
 
     def _mark_near_duplicates(self, added: list, model: str) -> None:
         """Mark each just-added clip ``(item, vecs, audio, sha256)`` as a near-duplicate of its best
@@ -432,8 +487,12 @@ class LibraryService:
             stored = f"{sha}{ext}"
         dest = self.library_dir / stored
         if dest.exists():
-            return stored
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.library_dir)
+            try:  # a file without a row yet: renew its grace period so no recovery sweeps it now
+                os.utime(dest)
+                return stored
+            except FileNotFoundError:  # swept just now: copy it again
+                pass
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{self.owner}-", dir=self.library_dir)
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, 1 << 20)
@@ -445,6 +504,9 @@ class LibraryService:
             Path(tmp).unlink(missing_ok=True)
             raise
         return stored
+
+    #: An earlier write failed and could not be cleaned up at once (a store was down).
+    _unrecovered = False
 
     #: Test hook: set to a callable(step) to inject faults at named steps.
     fault_hook: Callable[[str], None] | None = None
@@ -526,6 +588,7 @@ class LibraryService:
         audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
         return a, m.embed([a.samples])[0]
 
+    @_faults_reported
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
                filters: dict | None = None) -> SearchResult:
         """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first.
@@ -544,6 +607,7 @@ class LibraryService:
         t2 = time.perf_counter()
         return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0})
 
+    @_faults_reported
     def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
                       exclude_clip: int | None = None) -> list[Hit]:
         """Search with an embedding; joins ready metadata rows and groups segments by clip.
@@ -609,12 +673,15 @@ class LibraryService:
             return False
 
     # -- browse / delete ----------------------------------------------------------------
+    @_faults_reported
     def count(self, model: str | None = None) -> int:
         return self.meta.count_clips(model)
 
+    @_faults_reported
     def counts(self) -> dict[str, int]:
         return self.meta.counts_by_model()
 
+    @_faults_reported
     def list_clips(self, model: str | None = None, query: str = "", offset: int = 0, limit: int = 50):
         """Newest first, ``limit`` clips from ``offset``; ``query`` matches name, label, speaker or source."""
         query = limits.text(query, "browse text") or ""
@@ -625,6 +692,7 @@ class LibraryService:
     def clip_path(self, clip: ClipRow) -> Path:
         return self.library_dir / clip.stored_name
 
+    @_faults_reported
     def delete_clip(self, clip_id: int) -> bool:
         """Delete a clip from every model's collection and the library. False if unknown."""
         clip_id = limits.clip_id(clip_id)
@@ -632,7 +700,7 @@ class LibraryService:
             clip = self.meta.clip(clip_id)
             if clip is None:
                 return False
-            by_model = self.meta.mark_clip_deleting(clip.id)
+            by_model = self.meta.mark_clip_deleting(clip.id, owner=self.owner)
             try:  # once marked, the delete is rolled forward, here or by start-up recovery
                 self._fault("delete_after_mark")
                 for model, ids in by_model.items():
@@ -646,11 +714,12 @@ class LibraryService:
                 raise
         return True
 
+    @_faults_reported
     def drop_model(self, model: str) -> int:
         """Drop a model's collection and its rows; clips left with no vectors go too."""
         collection_name(model)
         with self._write_lock:
-            ids = self.meta.mark_model_deleting(model)
+            ids = self.meta.mark_model_deleting(model, owner=self.owner)
             try:
                 self.meta.delete_near_duplicates(model)
                 self.vectors.drop(model)
@@ -668,12 +737,22 @@ class LibraryService:
             p.unlink(missing_ok=True)
 
     # -- recovery -----------------------------------------------------------------------
+    @_faults_reported
     def recover(self, sweep_vectors: bool = True) -> RecoveryReport:
-        """Finish or roll back interrupted writes; remove orphans of every kind."""
+        """Finish or roll back interrupted writes; remove orphans of every kind.
+
+        Several processes may share the stores: only unfinished rows that are this process' own,
+        have no owner, or whose owner's lease expired are touched; unknown library files are
+        removed only once older than the lease (a live writer copies its file before its rows);
+        a vector is an orphan only if it has no row after the vectors were listed (a live writer
+        writes its rows before its vectors). A ready clip whose file is gone is removed whole
+        and named in the report (its content cannot be restored from here; ingest it again).
+        """
         rep = RecoveryReport()
         with self._write_lock:
+            self._forget_dead_writers()
             by_model: dict[str, dict[str, list[int]]] = {}
-            for vid, model, status in self.meta.unfinished():
+            for vid, model, status in self.meta.unfinished(owner=self.owner):
                 by_model.setdefault(model, {}).setdefault(status, []).append(vid)
             for model, groups in by_model.items():
                 pending = groups.get(PENDING, [])
@@ -684,8 +763,7 @@ class LibraryService:
                     done, undo = [], []
                     for ids in self.meta.vector_groups(pending).values():
                         (done if all(i in present for i in ids) else undo).extend(ids)
-                    self.meta.set_status(done, READY)
-                    rep.completed += len(done)
+                    rep.completed += len(self.meta.set_status(done, READY))
                     self.vectors.delete(model, [i for i in undo if i in present])
                     self.meta.delete_vector_rows(undo)
                     rep.rolled_back += len(undo)
@@ -696,28 +774,77 @@ class LibraryService:
                     rep.deleted_rows += len(deleting)
             if sweep_vectors:
                 for model in self.vectors.collections():
-                    rows = set(self.meta.vector_ids(model))
+                    ready_rows = set(self.meta.vector_ids(model, READY))  # before the vectors: each has one
                     have = self.vectors.all_ids(model)
-                    extra = sorted(have - rows)
+                    extra = sorted(have - self.meta.existing_rows(have))  # rows read after the vectors
                     if extra:
                         self.vectors.delete(model, extra)
                         rep.orphan_vectors += len(extra)
-                    lost = sorted(rows - have)  # ready rows whose vector the store lost
+                    lost = sorted(ready_rows - have)  # ready rows whose vector the store lost
                     if lost:
                         undo = [i for ids in self.meta.vector_groups(lost).values() for i in ids]
                         self.vectors.delete(model, [i for i in undo if i in have])
                         self.meta.delete_vector_rows(undo)
                         rep.rolled_back += len(undo)
+            self._remove_clips_without_files(rep)
             for clip in self.meta.delete_clips_without_vectors():
                 self._remove_file(clip.stored_name)
                 rep.orphan_clips += 1
-            known = self.meta.stored_names()
-            for p in self.library_dir.iterdir():
-                if p.is_file() and (p.name.startswith(_TMP_PREFIX) or p.name not in known):
-                    p.unlink(missing_ok=True)
-                    rep.orphan_files += 1
+            self._sweep_files(rep)
+            self.meta.drop_expired_leases()
+            self._unrecovered = False
         return rep
 
+    def _remove_clips_without_files(self, rep: RecoveryReport) -> None:
+        """Delete (vectors first, then rows) every clip whose library file is gone, unless a live
+        writer is still working on it."""
+        missing = {cid: name for cid, name in self.meta.clip_files().items() if not (self.library_dir / name).exists()}
+        if not missing:
+            return
+        busy = self.meta.live_clip_ids(self.owner)
+        for cid in sorted(set(missing) - busy):
+            if (self.library_dir / missing[cid]).exists():  # re-check: it may have just been written
+                continue
+            clip = self.meta.clip(cid)
+            if clip is None:
+                continue
+            for model, ids in self.meta.mark_clip_deleting(cid, owner=self.owner).items():
+                self.vectors.delete(model, ids)
+            self.meta.delete_clip(cid)
+            rep.missing_files += 1
+            rep.removed.append(clip.original_name)
+
+    def _forget_dead_writers(self) -> None:
+        """Drop the leases of writers on this machine whose process is gone (a kill -9): their
+        work need not wait for the lease to run out."""
+        for owner, host, pid in self.meta.leases():
+            if owner != self.owner and host == self.lease.host and not pid_alive(pid):
+                self.meta.drop_lease(owner)
+
+    def _sweep_files(self, rep: RecoveryReport) -> None:
+        """Remove library files that are not a clip's: temp files of writers that are not live
+        (their name carries the owner), and files without a row. A live writer's copy has no
+        row for a moment, so while other writers are live only files older than the lease go;
+        the rows are read again just before removing."""
+        others = self.meta.live_owners() - {self.owner}
+        cutoff = time.time() - self.settings.writer_lease_s if others else float("inf")
+
+        def stray(p: Path, known: set[str]) -> bool:
+            if p.name.startswith(_TMP_PREFIX):
+                return p.name[len(_TMP_PREFIX):].split("-", 1)[0] not in others
+            return p.name not in known and _mtime(p) < cutoff
+
+        known = self.meta.stored_names()
+        found = [p for p in self.library_dir.iterdir() if p.is_file() and stray(p, known)]
+        if not found:
+            return
+        known = self.meta.stored_names()
+        for p in found:
+            if stray(p, known):
+                p.unlink(missing_ok=True)
+                rep.orphan_files += 1
+
+    @_faults_reported
     def check(self) -> dict[str, int]:
         """Consistency figures: rows without vectors, vectors without rows, files without rows."""
         out = {"rows_without_vectors": 0, "vectors_without_rows": 0, "unfinished_rows": 0,
@@ -757,6 +884,14 @@ def plan_batches(seconds: Sequence[float], batch_size: int, max_audio_s: float) 
     if start < len(seconds):
         out.append(range(start, len(seconds)))
     return out
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or +inf for a file that is gone (never "old enough" to remove)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:

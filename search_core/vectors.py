@@ -40,6 +40,41 @@ def collection_name(model: str) -> str:
     return f"audio_{model}"
 
 
+#: Seconds a Milvus call may take before the server counts as unreachable (pymilvus would otherwise
+#: retry an unreachable server 75 times, several minutes); loading a collection may take longer.
+CALL_TIMEOUT_S = 20.0
+LOAD_TIMEOUT_S = 300.0
+
+
+class _Client:
+    """A MilvusClient whose calls give up after ``timeout`` seconds, and which loads a collection
+    that a restarted server has not loaded yet ("collection not loaded") and retries once."""
+
+    _NO_TIMEOUT = frozenset({"close", "prepare_index_params", "create_schema"})
+
+    def __init__(self, client, timeout: float):
+        self._client, self._timeout = client, float(timeout)
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._client, name)
+        if not callable(fn) or name in self._NO_TIMEOUT:
+            return fn
+
+        def call(*args, **kwargs):
+            from pymilvus.exceptions import MilvusException
+
+            kwargs.setdefault("timeout", LOAD_TIMEOUT_S if name == "load_collection" else self._timeout)
+            try:
+                return fn(*args, **kwargs)
+            except MilvusException as err:
+                collection = args[0] if args else kwargs.get("collection_name")
+                if name == "load_collection" or not collection or "not loaded" not in str(err):
+                    raise
+                self._client.load_collection(collection, timeout=LOAD_TIMEOUT_S)
+                return fn(*args, **kwargs)
+        return call
+
+
 @dataclass(frozen=True)
 class VectorHit:
     id: int
@@ -53,7 +88,8 @@ class VectorStore:
     #: with no measurable latency cost in Milvus Lite (BENCHMARKS.md, recall vs latency).
     DEFAULT_EF = 256
 
-    def __init__(self, uri: str, index_type: str = "HNSW", search_ef: int = DEFAULT_EF, nprobe: int = 32):
+    def __init__(self, uri: str, index_type: str = "HNSW", search_ef: int = DEFAULT_EF, nprobe: int = 32,
+                 timeout: float = CALL_TIMEOUT_S):
         from pymilvus import MilvusClient
 
         index_type = index_type.upper()
@@ -65,7 +101,7 @@ class VectorStore:
         self.index_type = index_type
         self.search_ef = search_ef
         self.nprobe = nprobe
-        self.client = MilvusClient(uri)
+        self.client = _Client(MilvusClient(uri, timeout=timeout), timeout)
         self._ready: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -180,6 +216,9 @@ class VectorStore:
             return set()
         name = collection_name(model)
         self.ensure_loaded(name)
+        # a Milvus 2.3 server gives the iterator no MVCC timestamp, so it reads at a client-side one
+        # and misses the latest writes; one Strong query first makes the query nodes catch up
+        self.client.query(name, filter="id == -1", output_fields=["id"], consistency_level="Strong")
         it = self.client.query_iterator(name, batch_size=5000, filter="id >= -9223372036854775807",
                                         output_fields=["id"], consistency_level="Strong")
         ids: set[int] = set()

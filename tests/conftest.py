@@ -123,7 +123,7 @@ def _mysql_database():
     """Create a throwaway database on the local MariaDB; yields its URL; drops it after."""
     sa = pytest.importorskip("sqlalchemy")
     name = f"audiosearch_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(MYSQL_ADMIN_URL)
+    admin = sa.create_engine(MYSQL_ADMIN_URL, pool_pre_ping=True)  # MariaDB may restart meanwhile
     try:
         with admin.begin() as c:
             c.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
