@@ -194,8 +194,9 @@ class VectorStore:
         found: set[int] = set()
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start:start + 1000]]
-            res = self.client.query(name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"],
-                                    consistency_level=self.RECOVERY)  # every process' writes
+            res = self._read(name, lambda level: self.client.query(
+                name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"],
+                consistency_level=level), level=self.RECOVERY)  # every process' writes
             found.update(int(r["id"]) for r in res)
         return found
 
@@ -208,8 +209,9 @@ class VectorStore:
         # one query answers a library of up to QUERY_WINDOW vectors (each Strong read waits ~200 ms
         # on a server); larger ones are paged by an iterator
         everything = "id >= -9223372036854775807"
-        res = self.client.query(name, filter=everything, output_fields=["id"], limit=self.QUERY_WINDOW,
-                                consistency_level=self.RECOVERY)
+        res = self._read(name, lambda level: self.client.query(
+            name, filter=everything, output_fields=["id"], limit=self.QUERY_WINDOW, consistency_level=level),
+            level=self.RECOVERY)
         if len(res) < self.QUERY_WINDOW:
             return {int(r["id"]) for r in res}
         it = self.client.query_iterator(name, batch_size=5000, filter=everything, output_fields=["id"],
@@ -251,14 +253,15 @@ class VectorStore:
                                                                consistency_level=level))
         return int(res[0]["count(*)"])
 
-    def _read(self, name: str, call):
-        """``call(consistency_level)`` for a read of collection ``name``: Session, or Strong when this
-        process deleted from it since its last Strong read (module docstring). A collection the
-        server no longer holds in memory (e.g. released after a restart) is loaded and read again."""
+    def _read(self, name: str, call, level: str | None = None):
+        """``call(consistency_level)`` for a read of collection ``name``: ``level`` if given, else
+        Session, or Strong when this process deleted from it since its last Strong read (module
+        docstring). A collection the server no longer holds in memory (e.g. released after a
+        restart) is loaded and read again."""
         from pymilvus.exceptions import MilvusException
 
         deleted = self._deleted.get(name)
-        level = self.READ if deleted is None else self.RECOVERY
+        level = level or (self.READ if deleted is None else self.RECOVERY)
         try:
             out = call(level)
         except MilvusException as err:
@@ -266,7 +269,7 @@ class VectorStore:
                 raise
             self.client.load_collection(name)
             out = call(level)
-        if deleted is not None:
+        if deleted is not None and level == self.RECOVERY:
             with self._lock:
                 if self._deleted.get(name) == deleted:  # no delete since this read began
                     del self._deleted[name]
