@@ -4,6 +4,19 @@ One collection per model (their dimensions differ), named ``audio_<model>``. The
 is an explicit int64 equal to the metadata ``vectors.id``; vectors are L2-normalised and
 compared with COSINE. The same code talks to Milvus Lite (a local file URI, the default) and
 to a Milvus standalone/cluster (``http://host:19530``).
+
+Consistency. A Milvus server makes a write visible to searches only once its query nodes have
+consumed it (timeticks every 200 ms); its default, Bounded, lets a process search without
+its own last write. Reads here use *Session* consistency: pymilvus remembers, per process,
+the timestamp of the last insert/upsert/delete on each collection and sends it as the
+search's guarantee timestamp, so the server waits only until that write is visible (once,
+right after a write) and a process always sees its own writes - an ingest's count, the next
+batch's near-duplicate check - without Strong's wait for the newest timestamp on every
+search (~200 ms, BENCHMARKS.md). Writes of other processes show up within a timetick.
+Milvus 2.3 returns no timestamp for a delete, so Session cannot wait for one: the first read
+of a collection after this process deleted from it is Strong. Recovery, which must see every
+process' writes, reads with Strong. Milvus Lite applies every write at once and accepts
+(ignores) these parameters.
 """
 from __future__ import annotations
 
@@ -11,6 +24,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -84,6 +98,12 @@ class VectorHit:
 class VectorStore:
     """Thin wrapper over MilvusClient: ensure, upsert, search, delete, count, drop."""
 
+    #: Reads see this process' own writes (module docstring); recovery reads with :data:`RECOVERY`.
+    READ = "Session"
+    RECOVERY = "Strong"
+    #: Milvus' limit on the rows one query returns (quotaAndLimits ... maxQueryResultWindow).
+    QUERY_WINDOW = 16384
+
     #: HNSW search breadth: recall@10 0.989 on a 10k one-segment collection (64 gave 0.931) and 1.0 at 100k,
     #: with no measurable latency cost in Milvus Lite (BENCHMARKS.md, recall vs latency).
     DEFAULT_EF = 256
@@ -103,6 +123,7 @@ class VectorStore:
         self.nprobe = nprobe
         self.client = _Client(MilvusClient(uri, timeout=timeout), timeout)
         self._ready: dict[str, int] = {}
+        self._deleted: dict[str, float] = {}  # collection -> when this process last deleted from it
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -133,7 +154,8 @@ class VectorStore:
                 idx = self.client.prepare_index_params()
                 idx.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE",
                               params=INDEX_PARAMS[self.index_type])
-                self.client.create_collection(name, schema=schema, index_params=idx)
+                self.client.create_collection(name, schema=schema, index_params=idx,
+                                              consistency_level=self.READ)
             self.client.load_collection(name)
             self._ready[name] = int(dim)
         return name
@@ -181,8 +203,9 @@ class VectorStore:
             if not filter_ids:
                 return [[] for _ in queries]
             kwargs["filter"] = f"id in [{','.join(str(int(i)) for i in filter_ids)}]"
-        res = self.client.search(name, data=list(queries), limit=int(k), search_params=params,
-                                 output_fields=["id"], **kwargs)
+        res = self._read(name, lambda level: self.client.search(
+            name, data=list(queries), limit=int(k), search_params=params, output_fields=["id"],
+            consistency_level=level, **kwargs))
         return [[VectorHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in res]
 
     def get(self, model: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
@@ -193,7 +216,9 @@ class VectorStore:
         out = {}
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start:start + 1000]]
-            for r in self.client.get(name, ids=chunk, output_fields=["id", "vector"]):
+            rows = self._read(name, lambda level: self.client.get(name, ids=chunk, output_fields=["id", "vector"],
+                                                                  consistency_level=level))
+            for r in rows:
                 out[int(r["id"])] = np.asarray(r["vector"], dtype=np.float32)
         return out
 
@@ -205,8 +230,9 @@ class VectorStore:
         found: set[int] = set()
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start:start + 1000]]
-            res = self.client.query(name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"],
-                                    consistency_level="Strong")  # recovery must see every write
+            res = self._read(name, lambda level: self.client.query(
+                name, filter=f"id in [{','.join(map(str, chunk))}]", output_fields=["id"],
+                consistency_level=level), level=self.RECOVERY)  # every process' writes
             found.update(int(r["id"]) for r in res)
         return found
 
@@ -216,11 +242,16 @@ class VectorStore:
             return set()
         name = collection_name(model)
         self.ensure_loaded(name)
-        # a Milvus 2.3 server gives the iterator no MVCC timestamp, so it reads at a client-side one
-        # and misses the latest writes; one Strong query first makes the query nodes catch up
-        self.client.query(name, filter="id == -1", output_fields=["id"], consistency_level="Strong")
-        it = self.client.query_iterator(name, batch_size=5000, filter="id >= -9223372036854775807",
-                                        output_fields=["id"], consistency_level="Strong")
+        # one query answers a library of up to QUERY_WINDOW vectors (each Strong read waits ~200 ms
+        # on a server); larger ones are paged by an iterator
+        everything = "id >= -9223372036854775807"
+        res = self._read(name, lambda level: self.client.query(
+            name, filter=everything, output_fields=["id"], limit=self.QUERY_WINDOW, consistency_level=level),
+            level=self.RECOVERY)
+        if len(res) < self.QUERY_WINDOW:
+            return {int(r["id"]) for r in res}
+        it = self.client.query_iterator(name, batch_size=5000, filter=everything, output_fields=["id"],
+                                        consistency_level=self.RECOVERY)
         ids: set[int] = set()
         try:
             while True:
@@ -242,16 +273,34 @@ class VectorStore:
             return
         name = collection_name(model)
         self.ensure_loaded(name)
-        for start in range(0, len(ids), 1000):
-            self.client.delete(name, ids=[int(i) for i in ids[start:start + 1000]])
+        try:
+            for start in range(0, len(ids), 1000):
+                self.client.delete(name, ids=[int(i) for i in ids[start:start + 1000]])
+        finally:  # even a failed call may have deleted some
+            with self._lock:
+                self._deleted[name] = time.monotonic()
 
     def count(self, model: str) -> int:
         if not self.exists(model):
             return 0
         name = collection_name(model)
         self.ensure_loaded(name)
-        res = self.client.query(name, filter="", output_fields=["count(*)"])
+        res = self._read(name, lambda level: self.client.query(name, filter="", output_fields=["count(*)"],
+                                                               consistency_level=level))
         return int(res[0]["count(*)"])
+
+    def _read(self, name: str, call, level: str | None = None):
+        """``call(consistency_level)`` for a read of collection ``name``: ``level`` if given, else
+        Session, or Strong when this process deleted from it since its last Strong read (module
+        docstring). A collection a restarted server has not loaded yet is loaded by :class:`_Client`."""
+        deleted = self._deleted.get(name)
+        level = level or (self.READ if deleted is None else self.RECOVERY)
+        out = call(level)
+        if deleted is not None and level == self.RECOVERY:
+            with self._lock:
+                if self._deleted.get(name) == deleted:  # no delete since this read began
+                    del self._deleted[name]
+        return out
 
     def drop(self, model: str) -> None:
         name = collection_name(model)
@@ -259,6 +308,7 @@ class VectorStore:
             if self.client.has_collection(name):
                 self.client.drop_collection(name)
             self._ready.pop(name, None)
+            self._deleted.pop(name, None)
 
     def collections(self) -> list[str]:
         """Model names that have a collection."""

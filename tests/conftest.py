@@ -152,23 +152,56 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **kw):
                    library_dir=data / "library", weights_dir=data / "weights", index_type="HNSW", **kw)
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def backend_settings(request, tmp_path):
-    """Settings for the embedded default (SQLite) and for the MariaDB server."""
-    if request.param == "sqlite":
-        yield make_settings(tmp_path)
-    else:
-        gen = _mysql_database()
-        url = next(gen)
-        try:
-            yield make_settings(tmp_path, url)
-        finally:
-            gen.close()
+# -- the stores a test runs on ------------------------------------------------------------------
+# A store pair is "<vector store>-<metadata store>": Milvus Lite or the Milvus server, SQLite or
+# MariaDB. Tests about the engine run on both shapes users deploy: everything embedded in one
+# process (lite-sqlite) and the servers shared by processes (server-mysql); a module opts in with
+# ``pytestmark = pytest.mark.stores(*ENGINE_STORES)``. Tests that take ``backend_settings`` (the
+# round trips) run on the whole matrix: each vector store with each metadata store. A test that
+# needs one pair (e.g. Milvus Lite's on-disk layout) says so with its own ``stores`` mark.
+ENGINE_STORES = ("lite-sqlite", "server-mysql")
+METADATA_STORES = ("sqlite", "mysql")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stores(*pairs): run the test on these vector-metadata store pairs "
+                                       "(lite-sqlite, lite-mysql, server-sqlite, server-mysql)")
+
+
+def pytest_generate_tests(metafunc):
+    if "stores" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("stores")
+    pairs = list(marker.args) if marker else ["lite-sqlite"]
+    if "backend_settings" in metafunc.fixturenames:
+        vector_stores = dict.fromkeys(p.split("-")[0] for p in pairs)
+        pairs = [f"{v}-{m}" for v in vector_stores for m in METADATA_STORES]
+    if pairs != ["lite-sqlite"]:
+        metafunc.parametrize("stores", pairs, indirect=True)
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return make_settings(tmp_path)
+def stores(request) -> str:
+    """The store pair of this test (see ENGINE_STORES); Milvus Lite and SQLite unless parametrized."""
+    return getattr(request, "param", "lite-sqlite")
+
+
+@pytest.fixture
+def settings(request, stores, tmp_path):
+    """Settings on this test's own stores: a Milvus Lite file or a database on the session's
+    Milvus server; a SQLite file or a throwaway MariaDB database."""
+    vector_store, metadata_store = stores.split("-")
+    url = request.getfixturevalue("mysql_url") if metadata_store == "mysql" else None
+    s = make_settings(tmp_path, url)
+    if vector_store == "server":
+        s = replace(s, milvus_uri=request.getfixturevalue("milvus_uri"))
+    return s
+
+
+@pytest.fixture
+def backend_settings(settings):
+    """Settings for every metadata store (SQLite, MariaDB), with each vector store the module runs on."""
+    return settings
 
 
 @pytest.fixture

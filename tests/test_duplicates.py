@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, SHARED_DATA, cli_runner, sound, write_wav
+from conftest import ENGINE_STORES, REPO, SHARED_DATA, cli_runner, sound, write_wav
 from search_core import duplicates
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from near_duplicates import DEGRADATIONS, write_degraded  # noqa: E402
 
+pytestmark = pytest.mark.stores(*ENGINE_STORES)  # Milvus Lite + SQLite, Milvus server + MariaDB
 MODEL = "mfcc_stats"
 ESC = SHARED_DATA / "esc50"
 ORIGINAL = ESC / "4-132383-A-2.flac"     # a pig

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from conftest import cli_runner, sound, write_wav
+from conftest import ENGINE_STORES, cli_runner, sound, write_wav
 from search_core import service as service_mod
 from search_core.service import LibraryService
 
+pytestmark = pytest.mark.stores(*ENGINE_STORES)  # Milvus Lite + SQLite, Milvus server + MariaDB
 MODEL = "mfcc_stats"
 
 

@@ -40,3 +40,25 @@ def test_the_server_keeps_the_library_across_a_crash(tmp_path, clips, milvus_ser
         assert svc.search(clips[2], "mfcc_stats", k=1).hits[0].clip.original_name == clips[2].name
     finally:
         svc.close()
+
+
+def test_a_collection_released_on_the_server_is_loaded_again(tmp_path, clips, milvus_uri):
+    """A collection the server no longer holds in memory (released by an operator, or after a
+    restart) is loaded again by the next search, count or lookup instead of failing."""
+    from pymilvus import MilvusClient
+
+    from search_core.service import LibraryService
+
+    svc = LibraryService(replace(make_settings(tmp_path), milvus_uri=milvus_uri))
+    other = MilvusClient(milvus_uri)
+    try:
+        svc.ingest_files(clips[:4], "mfcc_stats")
+        other.release_collection("audio_mfcc_stats")
+        assert svc.search(clips[1], "mfcc_stats", k=1).hits[0].clip.original_name == clips[1].name
+        other.release_collection("audio_mfcc_stats")
+        assert svc.vectors.count("mfcc_stats") == 4
+        other.release_collection("audio_mfcc_stats")
+        assert svc.check()["rows_without_vectors"] == 0
+    finally:
+        other.close()
+        svc.close()

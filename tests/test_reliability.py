@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import MYSQL_ADMIN_URL, REPO, make_settings, sound, write_wav
+from conftest import ENGINE_STORES, MYSQL_ADMIN_URL, REPO, make_settings, sound, write_wav
 from search_core.service import LibraryService
 
+pytestmark = pytest.mark.stores(*ENGINE_STORES)  # Milvus Lite + SQLite, Milvus server + MariaDB
 MODEL = "mfcc_stats"
 
 
@@ -233,6 +234,7 @@ def test_leftover_temp_file_and_unknown_vector_are_swept(service, tmp_path):
     assert_exact(service, {"a.wav"})
 
 
+@pytest.mark.stores("lite-sqlite")  # Milvus Lite's on-disk layout
 def test_a_collection_half_created_by_a_kill_is_created_again(service, tmp_path):
     # Milvus Lite creates a collection as mkdir, then schema.json: a kill -9 between the two left a
     # folder it neither lists nor lets be created again ("File exists" on every later ingest)

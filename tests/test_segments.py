@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SHARED_DATA, write_wav
+from conftest import ENGINE_STORES, SHARED_DATA, write_wav
 from search_core.audio import segment_bounds
 from search_core.service import segment_params
 
+pytestmark = pytest.mark.stores(*ENGINE_STORES)  # Milvus Lite + SQLite, Milvus server + MariaDB
 MODEL = "mfcc_stats"
 ESC50 = SHARED_DATA / "esc50.csv"
 

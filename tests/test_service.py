@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import ENGINE_STORES
 from search_core.audio import AudioError
 from search_core.service import LibraryService
 
+pytestmark = pytest.mark.stores(*ENGINE_STORES)  # Milvus Lite + SQLite, Milvus server + MariaDB
 MODEL = "mfcc_stats"
 
 
@@ -124,6 +126,7 @@ def test_long_recording_is_indexed_as_segments(service, tmp_path):
     assert len(res.hits) == 1 and len(res.hits[0].segments) == n_vectors  # grouped by file
 
 
+@pytest.mark.stores("lite-sqlite")  # about loading models, not about the stores
 def test_warm_up_loads_a_ready_model_and_skips_a_missing_one(service, monkeypatch, tmp_path):
     from search_core.models import get_model
 

@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, cli_runner
+from conftest import ENGINE_STORES, SHARED_DATA, cli_runner
 from search_core import speakers
 from search_core.service import LibraryService
 from search_core.speakers import UNKNOWN, decide, mean_embedding
 
+pytestmark = pytest.mark.stores(*ENGINE_STORES)  # Milvus Lite + SQLite, Milvus server + MariaDB
 MODEL = "mfcc_stats"
 EMODB = SHARED_DATA / "emodb.csv"
 needs_data = pytest.mark.skipif(not EMODB.is_file(), reason=f"evaluation data not found at {EMODB}")

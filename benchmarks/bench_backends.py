@@ -1,0 +1,144 @@
+"""Search latency on Milvus Lite and on a Milvus server, per consistency level, through the product's code.
+
+    python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--tag NAME]
+
+Each back-end gets the same collection of clustered synthetic 512-d unit vectors (the dimension of
+the default sound model ``aisfx``; see bench_scale.py) with one clip row and one ``ready`` vector
+row per vector in SQLite. The Milvus server is PyPI's ``milvus==2.3.5`` standalone, started by the
+tests' harness on free ports (``MILVUS_SERVER_BIN`` or ``.venv-milvus``). After the inserts the
+collection is flushed and the timings start once its index covers every vector.
+
+Timed per size and back-end, p50/p95 over ``--queries`` queries:
+
+* ``milvus``: ``VectorStore.search`` alone (top 10);
+* ``search+join``: ``LibraryService.search_vector`` (Milvus search, SQL join, grouping);
+* ``after own write``: a one-vector upsert (a near copy of the query), then the timed search, and
+  whether that search found the vector just written (read-your-own-writes).
+
+On the server this is done with the product's Session consistency, with Strong (what waiting
+for every write would cost) and with Bounded (Milvus' default, which does not see a process'
+own recent writes). Milvus Lite ignores the level. Results: benchmarks/results/backends<tag>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, percentiles, save
+from bench_scale import N_CLUSTERS, bulk_rows, clustered, lite_flush, release_lite, time_calls
+
+sys.path.insert(0, str(REPO / "tests"))
+
+MODEL = "aisfx"  # only its collection name and dimension are used: no model is loaded
+DIM = 512
+LEVELS = {"lite": ["Session"], "server": ["Session", "Strong", "Bounded"]}
+
+
+def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
+    """Flush, then wait until the collection's index covers ``n`` vectors; returns the seconds taken."""
+    from search_core.vectors import collection_name
+
+    t0 = time.perf_counter()
+    name = collection_name(MODEL)
+    if "://" not in svc.settings.milvus_uri:
+        lite_flush(svc.settings.milvus_uri, name)
+        return time.perf_counter() - t0
+    client = svc.vectors.client
+    client.flush(name)
+    index = client.list_indexes(name)[0]
+    while time.perf_counter() - t0 < timeout_s:
+        desc = client.describe_index(name, index)
+        if int(desc.get("indexed_rows", 0)) >= n and int(desc.get("pending_index_rows", 0)) == 0:
+            break
+        time.sleep(1)
+    return time.perf_counter() - t0
+
+
+def measure(svc, Q: np.ndarray, level: str, writes: int) -> dict:
+    vs = svc.vectors
+    vs.READ = level  # the consistency level of every read of this store
+    vs.search(MODEL, Q[:1], 10)  # warm-up
+    raw_s, _ = time_calls(lambda q: vs.search(MODEL, q[None, :], 10), Q)
+    sv_s, _ = time_calls(lambda q: svc.search_vector(q, MODEL, 10), Q)
+    after, seen = [], 0
+    rng = np.random.default_rng(7)
+    for i in range(writes):  # an id without a row: invisible to the product, swept by recovery
+        vs.upsert(MODEL, [10**9 + i], Q[i % len(Q)][None, :] + 0.01 * rng.standard_normal((1, DIM)))
+        t0 = time.perf_counter()
+        hits = vs.search(MODEL, Q[i % len(Q)][None, :], 10)[0]
+        after.append(time.perf_counter() - t0)
+        seen += any(h.id == 10**9 + i for h in hits)
+    vs.delete(MODEL, [10**9 + i for i in range(writes)])
+    vs.search(MODEL, Q[:1], 10)  # the Strong read that follows a delete, not timed
+    return {"milvus": percentiles(raw_s), "search_join": percentiles(sv_s), "after_own_write": percentiles(after),
+            "sees_own_write": f"{seen}/{writes}"}
+
+
+def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int) -> dict:
+    from search_core.evaluate import temporary_settings
+    from search_core.service import LibraryService
+
+    tmp = tempfile.TemporaryDirectory(prefix=f"bench-{kind}-")
+    settings = temporary_settings(tmp.name)
+    server = None
+    if kind == "server":
+        from milvus_server import MilvusServer
+
+        server = MilvusServer(Path(tmp.name) / "milvus-server").start()
+        settings = replace(settings, milvus_uri=server.uri)
+    out: dict = {}
+    try:
+        svc = LibraryService(settings)
+        have = 0
+        for size in sorted(sizes):
+            X = clustered(size - have, DIM, size, centres)
+            t0 = time.perf_counter()
+            bulk_rows(svc, MODEL, have + 1, len(X))
+            svc.vectors.upsert(MODEL, np.arange(have + 1, size + 1), X)
+            insert_s = time.perf_counter() - t0
+            have = size
+            index_s = wait_indexed(svc, size)
+            row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {}}
+            for level in LEVELS[kind]:
+                load = os.getloadavg()[0]
+                row["levels"][level] = {**measure(svc, Q, level, writes), "load_avg_1m": round(load, 2)}
+                print(kind, size, level, json.dumps(row["levels"][level]), flush=True)
+            out[str(size)] = row
+        svc.close()
+    finally:
+        if server:
+            server.kill()
+        else:
+            release_lite(settings.milvus_uri)
+        tmp.cleanup()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--writes", type=int, default=20, help="write-then-search rounds")
+    ap.add_argument("--backends", nargs="+", default=["lite", "server"], choices=["lite", "server"])
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+
+    centres = np.random.default_rng(1).standard_normal((N_CLUSTERS, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    Q = clustered(args.queries, DIM, 999, centres)
+    results = {"dim": DIM, "vectors": "clustered synthetic", "queries": args.queries, "writes": args.writes,
+               "index": "HNSW", "backends": {}}
+    for kind in args.backends:
+        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes)
+        save(f"backends{args.tag}", results)
+
+
+if __name__ == "__main__":
+    main()
