@@ -15,24 +15,20 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-def _env_int(name: str, default: int) -> int:
+def env_number(name: str, default: float, kind: type = float, minimum: float | None = None):
+    """A number (``kind`` int or float) from the environment, ``default`` when unset or empty;
+    a value that is not a number, or below ``minimum``, is refused with a sentence naming it."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a whole number") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"environment variable {name}={raw!r} is not {what}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"environment variable {name}={raw!r} must be at least {minimum:g}")
+    return value
 
 
 def env_flag(name: str, default: bool = True) -> bool:
@@ -98,12 +94,12 @@ def get_settings() -> Settings:
         library_dir=Path(_env("LIBRARY_DIR", str(data_dir / "library"))).resolve(),
         weights_dir=Path(_env("WEIGHTS_DIR", str(data_dir / "weights"))).resolve(),
         index_type=_env("MILVUS_INDEX_TYPE", "HNSW").upper(),
-        max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", 200 * 1024 * 1024),
-        max_duration_s=_env_float("MAX_DURATION_S", 2 * 3600.0),
-        max_query_s=_env_float("MAX_QUERY_S", 30.0),
-        max_decode_samples=_env_int("MAX_DECODE_SAMPLES", 2 * 3600 * 48000 * 2),
+        max_upload_bytes=env_number("MAX_UPLOAD_BYTES", 200 * 1024 * 1024, int),
+        max_duration_s=env_number("MAX_DURATION_S", 2 * 3600.0),
+        max_query_s=env_number("MAX_QUERY_S", 30.0),
+        max_decode_samples=env_number("MAX_DECODE_SAMPLES", 2 * 3600 * 48000 * 2, int),
         default_sound_model=_env("DEFAULT_SOUND_MODEL", "aisfx"),
         default_speaker_model=_env("DEFAULT_SPEAKER_MODEL", "resemblyzer"),
-        writer_lease_s=_env_float("WRITER_LEASE_S", 60.0),
-        milvus_timeout_s=_env_float("MILVUS_TIMEOUT_S", 20.0),
+        writer_lease_s=env_number("WRITER_LEASE_S", 60.0),
+        milvus_timeout_s=env_number("MILVUS_TIMEOUT_S", 20.0),
     )

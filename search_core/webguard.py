@@ -26,25 +26,12 @@ from typing import Callable, Iterable
 from starlette.requests import Request
 
 from . import limits
+from .config import env_number
 
 Clock = Callable[[], float]
 
 
 # -- settings -----------------------------------------------------------------------------------
-
-def _number(name: str, default: float, kind=float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ValueError(f"environment variable {name}={raw!r} is not {what}") from None
-    if value < 0:
-        raise ValueError(f"environment variable {name}={raw!r} must not be negative")
-    return value
-
 
 @dataclass(frozen=True)
 class GuardSettings:
@@ -62,11 +49,11 @@ class GuardSettings:
     def from_env(cls) -> "GuardSettings":
         d = cls()
         return cls(trusted_proxies=os.environ.get("TRUSTED_PROXIES", "").strip(),
-                   cache_max_age_s=_number("GRADIO_CACHE_MAX_AGE_S", d.cache_max_age_s),
-                   cache_max_bytes=int(_number("GRADIO_CACHE_MAX_BYTES", d.cache_max_bytes, int)),
-                   upload_window_s=_number("UPLOAD_LIMIT_WINDOW_S", d.upload_window_s),
-                   upload_max_files=int(_number("UPLOAD_LIMIT_FILES", d.upload_max_files, int)),
-                   upload_max_bytes=int(_number("UPLOAD_LIMIT_BYTES", d.upload_max_bytes, int)))
+                   cache_max_age_s=env_number("GRADIO_CACHE_MAX_AGE_S", d.cache_max_age_s, minimum=0),
+                   cache_max_bytes=env_number("GRADIO_CACHE_MAX_BYTES", d.cache_max_bytes, int, minimum=0),
+                   upload_window_s=env_number("UPLOAD_LIMIT_WINDOW_S", d.upload_window_s, minimum=0),
+                   upload_max_files=env_number("UPLOAD_LIMIT_FILES", d.upload_max_files, int, minimum=0),
+                   upload_max_bytes=env_number("UPLOAD_LIMIT_BYTES", d.upload_max_bytes, int, minimum=0))
 
 
 def trust_forwarding_from(trusted_proxies: str) -> None:
