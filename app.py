@@ -100,23 +100,34 @@ def model_choices(task: str | None = None) -> list[tuple[str, str]]:
     return out
 
 
-_ABS_PATH = re.compile(r"""(?<![\w.])(?P<q>['"]?)(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+(?P<base>[^\s'"\\/]+)(?P=q)""")
+# an absolute path, quoted (it may hold spaces) or bare; never the path part of a URL ("https://h/x")
+_ABS_PATH = re.compile(r"""(?<![\w.:/])(?:(?P<q>['"])(?:[A-Za-z]:)?[\\/](?:[^'"\n]*[\\/])?(?P<qbase>[^'"\\/\n]+)(?P=q)"""
+                       r"""|(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+(?P<base>[^\s'"\\/]+))""")
 _ERRNO = re.compile(r"\[Errno -?\d+\]\s*")
 
 
 def public_message(err) -> str:
     """An error as a person should read it: one line, server paths cut to their file name.
 
+    Paths in errors come from uploads (Gradio's temp folders) and from the server's own files, so
+    they are cut to the file name; URLs are left whole. A :class:`WeightsNotInstalled` message is
+    written for the reader (the exact files, the folders to put them in and where to download
+    them, as the README promises) and is kept whole: it names install folders, never uploads.
+
     >>> public_message("a.wav: not readable ([Errno 5] bad data: '/tmp/gradio/ab12/a.wav')")
     'a.wav: not readable (bad data: a.wav)'
     >>> public_message(KeyError("unknown model 'x'"))
     "unknown model 'x'"
+    >>> public_message(OSError("download of https://h.example/m/x.tar.gz failed"))
+    'download of https://h.example/m/x.tar.gz failed'
     """
     if isinstance(err, ServiceUnavailable):  # which service, not where it runs
         return err.public_text()
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     text = (text.strip().splitlines() or ["unknown error"])[0]
-    return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("base"), text))
+    if isinstance(err, WeightsNotInstalled):
+        return text
+    return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("qbase") or m.group("base"), text))
 
 
 def explained(fn, action: str):
