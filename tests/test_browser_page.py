@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from apphelpers import REPO, running_app
-from browserhelpers import (chromium_path, launch_args, open_tab, screenshot, search_and_wait, toasts,
+from browserhelpers import (choose_files, chromium_path, launch_args, open_tab, screenshot, search_and_wait, toasts,
                             upload_query)
 from conftest import sound, write_wav
 
@@ -137,6 +137,20 @@ def test_a_failed_search_shows_one_message_and_keeps_the_results(page, app_url, 
     assert visible[:1] == ["#1 pagehit_2.wav"]
     assert "hits with" in page.locator("#search-status").inner_text()
     screenshot(page, "search-error")
+
+    # the same for adding files with that model: one message; the counts and the list stay
+    for close in page.locator("[data-testid=toast-close]").all():
+        close.click()
+    open_tab(page, "Library")
+    counts = page.locator("#library-counts").inner_text()
+    page.locator("#library-model input").click()
+    page.locator("#library-model [data-testid=dropdown-option][aria-label^='panns_cnn14 — ']").click()
+    choose_files(page, "#library-files", files[0])
+    page.locator("#add-button").click()
+    page.locator("[data-testid=toast-text]", has_text="panns_cnn14 weights not installed").first.wait_for()
+    page.wait_for_timeout(500)
+    assert error_pills(page) <= 1, f"{error_pills(page)} components show 'Error'"
+    assert page.locator("#library-counts").inner_text() == counts
 
 
 def test_speakers_and_duplicates_are_fresh_on_load_and_say_what_fills_them(page, app_url, root):
