@@ -424,7 +424,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
     def counts_md() -> str:
         counts = svc.counts()
         if not counts:
-            return "The library is empty."
+            return "The library is empty: add audio files below (or import a folder) and they can be searched."
         return "Clips indexed: " + " · ".join(f"**{m}**: {n}" for m, n in sorted(counts.items()))
 
     def browse_rows(model, query, page=1):
@@ -704,7 +704,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
             dup_note = gr.Markdown(elem_id="duplicates-note")  # what would fill an empty table
             dup_grid = gr.Dataframe(headers=["group", "model", "clip id", "name", "role", "similarity"],
                                     interactive=False, elem_id="duplicates-table")  # filled on every page load
-            dup_refresh.click(duplicate_rows, None, [dup_grid], api_name="duplicates")
+            dup_listed = dup_refresh.click(duplicate_rows, None, [dup_grid], api_name="duplicates")
 
         # -- what every visitor sees is current: on each page load, and after each change --------
         quiet = dict(api_name=False, show_progress="hidden")
@@ -717,11 +717,10 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
             menu.focus(functools.partial(model_menus, 1), None, [menu], **quiet)
         for done in (searched, ingested, imported, enrolled, identified):  # a model may have just loaded
             done.then(model_menus, None, menus, **quiet)
-        for changed in (ingested, imported, deleted, dropped):
+        for changed in (ingested, imported, deleted, dropped, dup_listed):
             changed.success(duplicates_view, None, [dup_grid, dup_note], **quiet)
         for changed in (enrolled, sp_deleted):
             changed.success(speakers_view, None, [sp_grid, sp_note], **quiet)
-        dup_refresh.click(lambda: duplicates_view()[1], None, [dup_note], **quiet)
     return demo
 
 
