@@ -66,3 +66,24 @@ def test_mean_per_clip_pools_consecutive_rows_and_refuses_a_bad_split():
     for counts in ([2, 1, 2], [2, 0, 4], []):
         with pytest.raises(ValueError, match="do not split 6 rows"):
             mean_per_clip(rows, counts)
+
+
+def test_the_short_status_says_whether_a_download_will_be_tried(tmp_path, monkeypatch):
+    """Issue 16: "downloads on first use" only while a download would really be tried; after a
+    failed one (retried after RETRY_AFTER_S) or offline, the file and the folder it is needed in."""
+    import time
+
+    from search_core.models import paddlespeech_weights as pw
+
+    monkeypatch.setenv("PPSPEECH_HOME", str(tmp_path / "ppspeech"))
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("SEARCH_CORE_OFFLINE", raising=False)
+    release = pw.RELEASES["ecapa_tdnn"]
+    monkeypatch.setattr(pw, "_failures", {})
+    assert pw.status(release, tmp_path / "weights").short == "downloads on first use (from paddlespeech.cdn.bcebos.com)"
+    pw._failures[release.url] = (time.monotonic(), "download failed")
+    needs = f"needs {release.archive_name} in {tmp_path / 'weights'}"
+    assert pw.status(release, tmp_path / "weights").short == needs
+    assert describe("ecapa_tdnn").endswith(", " + needs)
+    pw._failures[release.url] = (time.monotonic() - pw.RETRY_AFTER_S - 1, "download failed")
+    assert pw.status(release, tmp_path / "weights").short.startswith("downloads on first use")
