@@ -100,23 +100,34 @@ def model_choices(task: str | None = None) -> list[tuple[str, str]]:
     return out
 
 
-_ABS_PATH = re.compile(r"""(?<![\w.])(?P<q>['"]?)(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+(?P<base>[^\s'"\\/]+)(?P=q)""")
+# an absolute path, quoted (it may hold spaces) or bare; never the path part of a URL ("https://h/x")
+_ABS_PATH = re.compile(r"""(?<![\w.:/])(?:(?P<q>['"])(?:[A-Za-z]:)?[\\/](?:[^'"\n]*[\\/])?(?P<qbase>[^'"\\/\n]+)(?P=q)"""
+                       r"""|(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+(?P<base>[^\s'"\\/]+))""")
 _ERRNO = re.compile(r"\[Errno -?\d+\]\s*")
 
 
 def public_message(err) -> str:
     """An error as a person should read it: one line, server paths cut to their file name.
 
+    Paths in errors come from uploads (Gradio's temp folders) and from the server's own files, so
+    they are cut to the file name; URLs are left whole. A :class:`WeightsNotInstalled` message is
+    written for the reader (the exact files, the folders to put them in and where to download
+    them, as the README promises) and is kept whole: it names install folders, never uploads.
+
     >>> public_message("a.wav: not readable ([Errno 5] bad data: '/tmp/gradio/ab12/a.wav')")
     'a.wav: not readable (bad data: a.wav)'
     >>> public_message(KeyError("unknown model 'x'"))
     "unknown model 'x'"
+    >>> public_message(OSError("download of https://h.example/m/x.tar.gz failed"))
+    'download of https://h.example/m/x.tar.gz failed'
     """
     if isinstance(err, ServiceUnavailable):  # which service, not where it runs
         return err.public_text()
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     text = (text.strip().splitlines() or ["unknown error"])[0]
-    return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("base"), text))
+    if isinstance(err, WeightsNotInstalled):
+        return text
+    return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("qbase") or m.group("base"), text))
 
 
 def explained(fn, action: str):
@@ -413,7 +424,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
     def counts_md() -> str:
         counts = svc.counts()
         if not counts:
-            return "The library is empty."
+            return "The library is empty: add audio files below (or import a folder) and they can be searched."
         return "Clips indexed: " + " · ".join(f"**{m}**: {n}" for m, n in sorted(counts.items()))
 
     def browse_rows(model, query, page=1):
@@ -453,6 +464,12 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
     def speaker_rows(model=None):
         return [[sp.name, sp.model, sp.n_clips, sp.updated_at.strftime("%Y-%m-%d %H:%M")]
                 for sp in svc.speakers.list(model or None)]
+
+    def speakers_view():
+        """The enrolled speakers and, when there are none, what would list one."""
+        rows = speaker_rows()
+        return rows, ("" if rows else "No speaker enrolled yet: enrol one above from a few clips of their "
+                                      "voice (admin), then *Identify* names them.")
 
     def do_enrol(name, clips, model, add, state, request: gr.Request):
         require_admin(state, request)
@@ -496,6 +513,18 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                      for c, sc in g.copies]
         return rows
 
+    def duplicates_view():
+        """The near-duplicate groups and, when there are none, what would make one."""
+        rows = duplicate_rows()
+        return rows, ("" if rows else "No near-duplicates in the library: a clip is marked when it is added and "
+                                      "is the same recording as a clip already there (after a gain change, "
+                                      "resampling, re-encoding, a little trimming or noise).")
+
+    def model_menus(n: int = 4):
+        """Every model dropdown with each model's status as it is now (weights may have arrived)."""
+        fresh = model_choices()
+        return [gr.update(choices=fresh) for _ in range(n)] if n > 1 else gr.update(choices=fresh)
+
     def do_login(user, password, state, request: gr.Request):
         try:
             user, password = limits.login(user, password)
@@ -524,6 +553,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
     do_delete_speaker = explained(do_delete_speaker, "Deleting the speaker")
     speaker_rows = explained(speaker_rows, "Listing the speakers")
     duplicate_rows = explained(duplicate_rows, "Listing the duplicates")
+    speakers_view = explained(speakers_view, "Listing the speakers")
+    duplicates_view = explained(duplicates_view, "Listing the duplicates")
+    model_menus = explained(model_menus, "Reading the models' status")
     do_login = explained(do_login, "Logging in")
 
     delete_cache = (int(max(1, min(3600, cache_max_age_s / 4))), int(max(1, cache_max_age_s))) \
@@ -570,8 +602,10 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                         slots += [grp, player, info, wave]
                     with gr.Accordion("Results as data", open=False):
                         table = gr.JSON(label="hits")
-            go.click(do_search, [query, model, k, f_label, f_speaker, f_source, f_tag],
-                     [q_wave, q_spec, status] + slots + [table], api_name="search", **SEARCH_QUEUE)
+            # progress and a failure show on the status line only, never over each of the 80 result slots
+            searched = go.click(do_search, [query, model, k, f_label, f_speaker, f_source, f_tag],
+                                [q_wave, q_spec, status] + slots + [table], api_name="search",
+                                show_progress_on=[status], **SEARCH_QUEUE)
 
         with gr.Tab("Library", id="library"):
             counts = gr.Markdown(counts_md, elem_id="library-counts")  # fresh on every page load
@@ -583,7 +617,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                         login_btn = gr.Button("Log in")
                     login_status = gr.Markdown("Not logged in.")
                 login_btn.click(do_login, [user_in, pass_in, state], [state, login_status, pass_in],
-                                api_name="login")
+                                api_name="login", show_progress="hidden")
             lib_model = gr.Dropdown(choices=choices, value=default_model, label="Model to index with",
                                     elem_id="library-model")
             with gr.Row():
@@ -606,21 +640,24 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                                 value=lambda: browse_rows(default_model, ""), interactive=False,
                                 elem_id="library-table")
             with gr.Row():
-                del_id = gr.Number(label="Clip id to delete", precision=0)
-                del_btn = gr.Button("Delete clip", variant="stop")
+                del_id = gr.Number(label="Clip id to delete", precision=0, elem_id="delete-id")
+                del_btn = gr.Button("Delete clip", variant="stop", elem_id="delete-button")
             with gr.Accordion("Drop a model's whole collection", open=False):
                 drop_model = gr.Dropdown(choices=choices, value=default_model, label="Model")
                 confirm = gr.Textbox(label="Type the model name to confirm")
                 drop_btn = gr.Button("Drop collection", variant="stop")
 
-            add_btn.click(do_ingest, [files, lib_model, label_in, speaker_in, tags_in, state],
-                          [report, counts, grid], api_name="ingest", **IMPORT_QUEUE)
-            folder_btn.click(do_import_folder, [folder, lib_model, state], [report, counts, grid],
-                             api_name="import_folder", **IMPORT_QUEUE)
+            ingested = add_btn.click(do_ingest, [files, lib_model, label_in, speaker_in, tags_in, state],
+                                     [report, counts, grid], api_name="ingest", show_progress_on=[report],
+                                     **IMPORT_QUEUE)
+            imported = folder_btn.click(do_import_folder, [folder, lib_model, state], [report, counts, grid],
+                                        api_name="import_folder", show_progress_on=[report], **IMPORT_QUEUE)
             for trigger in (refresh.click, browse_q.submit, lib_model.change, page.change):
-                trigger(browse_rows, [lib_model, browse_q, page], [grid], api_name=False)
-            del_btn.click(do_delete, [del_id, lib_model, browse_q, state], [counts, grid], api_name="delete")
-            drop_btn.click(do_drop, [drop_model, confirm, state], [counts, grid, confirm], api_name="drop")
+                trigger(browse_rows, [lib_model, browse_q, page], [grid], api_name=False, show_progress="minimal")
+            deleted = del_btn.click(do_delete, [del_id, lib_model, browse_q, state], [counts, grid],
+                                    api_name="delete", show_progress="hidden")
+            dropped = drop_btn.click(do_drop, [drop_model, confirm, state], [counts, grid, confirm],
+                                     api_name="drop", show_progress="hidden")
             gr.Button("Count", visible=False).click(counts_md, None, [counts], api_name="count")
 
         with gr.Tab("Speakers", id="speakers"):
@@ -645,26 +682,45 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                     id_table = gr.Dataframe(headers=["speaker", "similarity"], interactive=False,
                                             elem_id="identify-ranking")
             gr.Markdown("### Enrolled speakers")
-            sp_grid = gr.Dataframe(headers=["name", "model", "clips", "updated"], value=speaker_rows(),
-                                   interactive=False, elem_id="speakers-table")
+            sp_note = gr.Markdown(elem_id="speakers-note")  # what would fill an empty table
+            sp_grid = gr.Dataframe(headers=["name", "model", "clips", "updated"], interactive=False,
+                                   elem_id="speakers-table")  # filled on every page load
             with gr.Row():
                 sp_del_name = gr.Textbox(label="Speaker to delete (for the selected model)")
                 sp_del_btn = gr.Button("Delete speaker", variant="stop")
-            enrol_btn.click(do_enrol, [sp_name, sp_clips, sp_model, sp_add, state], [enrol_status, sp_grid],
-                            api_name="enrol_speaker", **IMPORT_QUEUE)
-            id_btn.click(do_identify, [id_clip, sp_model], [id_result, id_table], api_name="identify_speaker",
-                         **SEARCH_QUEUE)
-            sp_del_btn.click(do_delete_speaker, [sp_del_name, sp_model, state], [sp_grid], api_name="delete_speaker")
+            enrolled = enrol_btn.click(do_enrol, [sp_name, sp_clips, sp_model, sp_add, state],
+                                       [enrol_status, sp_grid], api_name="enrol_speaker",
+                                       show_progress_on=[enrol_status], **IMPORT_QUEUE)
+            identified = id_btn.click(do_identify, [id_clip, sp_model], [id_result, id_table],
+                                      api_name="identify_speaker", show_progress_on=[id_result], **SEARCH_QUEUE)
+            sp_deleted = sp_del_btn.click(do_delete_speaker, [sp_del_name, sp_model, state], [sp_grid],
+                                          api_name="delete_speaker", show_progress="hidden")
             gr.Button("List speakers", visible=False).click(speaker_rows, None, [sp_grid], api_name="speakers")
 
         with gr.Tab("Duplicates", id="duplicates"):
             gr.Markdown("Clips marked at ingest as near-duplicates (same recording after a gain change, "
                         "resampling, re-encoding, trimming or noise) of an earlier clip, grouped.")
             dup_refresh = gr.Button("Refresh", elem_id="duplicates-refresh")
+            dup_note = gr.Markdown(elem_id="duplicates-note")  # what would fill an empty table
             dup_grid = gr.Dataframe(headers=["group", "model", "clip id", "name", "role", "similarity"],
-                                    value=duplicate_rows(), interactive=False, elem_id="duplicates-table")
-            dup_refresh.click(duplicate_rows, None, [dup_grid], api_name="duplicates")
-        demo.load(counts_md, None, [counts], api_name=False)
+                                    interactive=False, elem_id="duplicates-table")  # filled on every page load
+            dup_listed = dup_refresh.click(duplicate_rows, None, [dup_grid], api_name="duplicates")
+
+        # -- what every visitor sees is current: on each page load, and after each change --------
+        quiet = dict(api_name=False, show_progress="hidden")
+        menus = [model, lib_model, sp_model, drop_model]
+        demo.load(counts_md, None, [counts], **quiet)
+        demo.load(model_menus, None, menus, **quiet)
+        demo.load(speakers_view, None, [sp_grid, sp_note], **quiet)
+        demo.load(duplicates_view, None, [dup_grid, dup_note], **quiet)
+        for menu in menus:  # opening a dropdown reads the status again (weights may have arrived)
+            menu.focus(functools.partial(model_menus, 1), None, [menu], **quiet)
+        for done in (searched, ingested, imported, enrolled, identified):  # a model may have just loaded
+            done.then(model_menus, None, menus, **quiet)
+        for changed in (ingested, imported, deleted, dropped, dup_listed):
+            changed.success(duplicates_view, None, [dup_grid, dup_note], **quiet)
+        for changed in (enrolled, sp_deleted):
+            changed.success(speakers_view, None, [sp_grid, sp_note], **quiet)
     return demo
 
 

@@ -18,7 +18,12 @@ def test_every_model_is_listed_with_task_dimension_rate_and_status():
         info = get_model(name).info
         assert (info.task, info.dim) == (task, dim)
         assert line.startswith(f"{name} — {task}, {dim}-d, ") and "kHz" in line
-        assert ("ready" in line) != ("weights not installed" in line)
+        # the status in a few words (issue 16): ready, or how the weights will come / what is missing
+        status = line.split(" kHz, ", 1)[1].split(" · ")[0]
+        if get_model(name).status().ready:
+            assert status.startswith("ready"), line
+        else:
+            assert status.startswith("downloads on first use (") or status.startswith("needs "), line
 
 
 def test_defaults_are_registry_models_of_the_right_task_and_not_opt_in():
@@ -61,3 +66,24 @@ def test_mean_per_clip_pools_consecutive_rows_and_refuses_a_bad_split():
     for counts in ([2, 1, 2], [2, 0, 4], []):
         with pytest.raises(ValueError, match="do not split 6 rows"):
             mean_per_clip(rows, counts)
+
+
+def test_the_short_status_says_whether_a_download_will_be_tried(tmp_path, monkeypatch):
+    """Issue 16: "downloads on first use" only while a download would really be tried; after a
+    failed one (retried after RETRY_AFTER_S) or offline, the file and the folder it is needed in."""
+    import time
+
+    from search_core.models import paddlespeech_weights as pw
+
+    monkeypatch.setenv("PPSPEECH_HOME", str(tmp_path / "ppspeech"))
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("SEARCH_CORE_OFFLINE", raising=False)
+    release = pw.RELEASES["ecapa_tdnn"]
+    monkeypatch.setattr(pw, "_failures", {})
+    assert pw.status(release, tmp_path / "weights").short == "downloads on first use (from paddlespeech.cdn.bcebos.com)"
+    pw._failures[release.url] = (time.monotonic(), "download failed")
+    needs = f"needs {release.archive_name} in {tmp_path / 'weights'}"
+    assert pw.status(release, tmp_path / "weights").short == needs
+    assert describe("ecapa_tdnn").endswith(", " + needs)
+    pw._failures[release.url] = (time.monotonic() - pw.RETRY_AFTER_S - 1, "download failed")
+    assert pw.status(release, tmp_path / "weights").short.startswith("downloads on first use")

