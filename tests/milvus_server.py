@@ -75,6 +75,8 @@ class MilvusServer:
                     raise RuntimeError(f"milvus-server took port {got} instead of {self.port} (port busy?)")
                 if self._child is None:
                     self._child = self._milvus_child()
+                else:  # a restart: back means serving the data it had, not only answering
+                    self.wait_until_serving(max(30.0, deadline - time.monotonic()))
                 return self
             time.sleep(0.5)
         self.kill()
@@ -109,6 +111,34 @@ class MilvusServer:
             except (OSError, ValueError, IndexError):
                 continue
         raise RuntimeError(f"milvus-server (pid {self.proc.pid}) has no milvus child process")
+
+    def wait_until_serving(self, timeout_s: float) -> None:
+        """Return once every collection of every database answers a Strong query: a restarted
+        server reloads them first, and its Strong reads can wait tens of seconds until then."""
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + timeout_s
+        admin = MilvusClient(self.uri, timeout=30)
+        try:
+            databases = admin.list_databases()
+        finally:
+            admin.close()
+        for db in databases:
+            client = MilvusClient(f"{self.uri}/{db}", timeout=30)
+            try:
+                for name in client.list_collections():
+                    while True:
+                        try:
+                            client.load_collection(name, timeout=120)
+                            client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong",
+                                         timeout=30)
+                            break
+                        except Exception:  # noqa: BLE001 - still recovering
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(1)
+            finally:
+                client.close()
 
     def answers(self) -> bool:
         """Whether the server lists its collections within a few seconds."""
