@@ -291,6 +291,7 @@ def _release_lite(uri: str) -> None:
 
 def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, progress, clean_name):
     times: dict[str, float] = {}
+    started = time.perf_counter()
     paths = [manifest.parent / r["path"] for r in rows]
     metas = []
     for r in rows:
@@ -329,8 +330,10 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
     for v, j in zip(vec_ids, owner):
         if counts[j] == 1:
             Q[j] = stored[v]
+    t0 = time.perf_counter()  # multi-segment clips are queried with their whole recording, embedded again
     for j in np.flatnonzero(counts != 1):
         Q[j] = svc.embed_query(paths[keep[j]], model)[1]
+    times["query_embed"] = time.perf_counter() - t0
 
     # approximate: the product's search path, fetching enough to survive the exclusions
     t0 = time.perf_counter()
@@ -354,6 +357,7 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
                                                 excluded, k), relevant, excluded, k)
     times["exact"] = time.perf_counter() - t0
     recall = [ann_recall_at_k(a, e, k) for a, e in zip(ann_rank, exact_rank) if e]
+    times["total"] = time.perf_counter() - started
     return EvalResult(
         manifest=manifest.name, model=model, rules=rules.describe(), k=k, clips=n,
         rejected=len(rows) - n, index=svc.vectors.index_type,

@@ -150,3 +150,21 @@ def test_eval_cli_on_generated_clips(tmp_path):
     assert res["centered"]["queries"] == 30
     assert not (tmp_path / "should-stay-empty").exists()  # stores went to a temporary folder ...
     assert not any(scratch.glob("search-core-eval-*"))  # ... which is gone afterwards
+
+
+def test_eval_json_is_the_only_stdout_on_a_models_first_use(tmp_path):
+    """`eval --json` with a Paddle model whose graph is not compiled yet: the one-time compile's log
+    (paddle2onnx writes to the process' stdout) must not come before the JSON (issue 16, item 11)."""
+    from test_paddle_threads import wheel_weights
+
+    manifest = _manifest(tmp_path / "clips")
+    weights = wheel_weights(tmp_path / "weights")
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "WEIGHTS_DIR": str(weights), "SEARCH_CORE_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "search_core", "eval", str(manifest), "--model", "aisfx",
+                          "--relevant", "label", "--group", "src_file", "--json", "--quiet"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (weights / "compiled").is_dir()  # the compile really ran in this process
+    res = json.loads(out.stdout)
+    assert res["clips"] == 30 and set(res["seconds"]) >= {"ingest", "query_embed", "ann_queries", "exact", "total"}
+    assert res["seconds"]["total"] >= sum(v for k, v in res["seconds"].items() if k != "total") - 0.05

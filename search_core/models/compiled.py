@@ -19,6 +19,7 @@ The Paddle side (export, the probe, eager runs) happens on the one Paddle thread
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -58,8 +59,24 @@ def eager_runner(net) -> Runner:
     return run
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send whatever the process writes to standard output (file descriptor 1, where paddle2onnx's
+    C++ code logs) to standard error meanwhile: a command's stdout stays its own (``eval --json``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export(net, input_shape: tuple, folder: Path) -> Path:
-    """Convert ``net`` to ``folder/model.onnx`` (static program first, then paddle2onnx); atomic."""
+    """Convert ``net`` to ``folder/model.onnx`` (static program first, then paddle2onnx); atomic.
+    Their logs go to stderr (:func:`stdout_to_stderr`)."""
     import paddle
     import paddle2onnx
 
@@ -69,14 +86,15 @@ def export(net, input_shape: tuple, folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
-        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-        paddle.jit.save(static, str(tmp / "model"))
-        program = next((tmp / n for n in ("model.json", "model.pdmodel") if (tmp / n).is_file()), None)
-        if program is None:
-            raise RuntimeError("paddle.jit.save wrote no program file")
-        paddle2onnx.export(str(program), str(tmp / "model.pdiparams"), save_file=str(tmp / "model.onnx"),
-                           opset_version=ONNX_OPSET, enable_onnx_checker=True, verbose=False)
+        with stdout_to_stderr():
+            spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
+            static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+            paddle.jit.save(static, str(tmp / "model"))
+            program = next((tmp / n for n in ("model.json", "model.pdmodel") if (tmp / n).is_file()), None)
+            if program is None:
+                raise RuntimeError("paddle.jit.save wrote no program file")
+            paddle2onnx.export(str(program), str(tmp / "model.pdiparams"), save_file=str(tmp / "model.onnx"),
+                               opset_version=ONNX_OPSET, enable_onnx_checker=True, verbose=False)
         for p in tmp.iterdir():
             if p.name != "model.onnx":
                 p.unlink()
