@@ -135,20 +135,25 @@ def explained(fn, action: str):
 
     ``gr.Error`` passes through; the expected errors (bad audio, missing weights, bad input) become
     their own message; anything else becomes "<action> failed: <class>: <first line>" (paths cut by
-    :func:`public_message`) and its traceback goes to stderr for the operator.
+    :func:`public_message`) and its traceback goes to stderr for the operator. A user's error is one
+    line in the terminal, not a traceback (Gradio prints one for every error it is not told to skip).
     """
     @functools.wraps(fn)
     def handler(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as err:
+            print(f"[app] {action}: {err.message}", file=sys.stderr, flush=True)
+            err.print_exception = False
             raise
         except FRIENDLY_ERRORS as err:
-            raise gr.Error(public_message(err)) from err
+            print(f"[app] {action}: {public_message(err)}", file=sys.stderr, flush=True)
+            raise gr.Error(public_message(err), print_exception=False) from err
         except Exception as err:  # noqa: BLE001 - the page gets a sentence, the log the traceback
             print(f"[app] {action} failed:", file=sys.stderr, flush=True)
             traceback.print_exc(file=sys.stderr)
-            raise gr.Error(f"{action} failed: {type(err).__name__}: {public_message(err)}") from err
+            raise gr.Error(f"{action} failed: {type(err).__name__}: {public_message(err)}",
+                           print_exception=False) from err
 
     return handler
 
@@ -794,8 +799,12 @@ def main(argv: list[str] | None = None) -> None:
     guard = make_guard(access, gs)
     demo = build_app(svc, access, guard, cache_max_age_s=gs.cache_max_age_s)
     start_janitor(demo, guard, gs)
+    if not args.share:  # Gradio's own banner would tell the user to edit launch(); say how this app does it
+        print(f"* Audio similarity search on http://{args.host}:{args.port} "
+              f"(a public link: make run ARGS=\"--share\", see README)", flush=True)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                   share=args.share, **launch_kwargs(settings, access, guard))
+                                                   share=args.share, quiet=not args.share,
+                                                   **launch_kwargs(settings, access, guard))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,13 @@ from apphelpers import running_app
 MODEL = "mfcc_stats"
 
 
+APP_DATA = None  # the app's data folder: running_app writes the app's output beside it
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    data = tmp_path_factory.mktemp("app") / "data"
+    global APP_DATA
+    data = APP_DATA = tmp_path_factory.mktemp("app") / "data"
     with running_app(data) as url:
         yield url
 
@@ -54,3 +58,18 @@ def test_search_without_a_clip_is_an_error_not_a_crash(app_url):
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match="Record or upload a clip first"):
         client.predict(None, MODEL, 3, api_name="/search")
+
+
+def test_the_terminal_gets_one_line_per_user_error_and_no_gradio_share_hint(app_url):
+    """A user's mistake is one line in the app's terminal, not a traceback; the start banner names the
+    README's way to a public link, not Gradio's `share=True` (issue 16, item 10)."""
+    port = app_url.rstrip("/").rsplit(":", 1)[1]
+    log = APP_DATA.parent / f"app-{port}.log"  # where running_app writes the app's output
+    before = len(log.read_text())
+    with pytest.raises(Exception, match="Record or upload a clip first"):
+        Client(app_url, verbose=False).predict(None, MODEL, 3, api_name="/search")
+    text = log.read_text()
+    added = text[before:]
+    assert "[app] Search: Record or upload a clip first." in added
+    assert "Traceback" not in added
+    assert "share=True" not in text and 'make run ARGS="--share"' in text
