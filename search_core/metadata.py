@@ -25,7 +25,10 @@ Only bound parameters reach SQL.
 """
 from __future__ import annotations
 
+import functools
 import json
+import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Sequence
@@ -242,6 +245,28 @@ def _migrate(engine: sa.engine.Engine) -> None:
                     raise
 
 
+#: MySQL rolled the transaction back for a deadlock (1213) or a lock wait timeout (1205) with another
+#: process: it had no effect and may simply run again.
+_CONFLICT_CODES = {1205, 1213}
+
+
+def retry_conflicts(fn):
+    """Run a one-transaction method again, after a short random back-off, when MySQL rolled it back
+    for a conflict with another process' transaction (several writers and recoveries share one
+    database); up to 5 attempts, then the error stands."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for attempt in range(5):
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.OperationalError as err:
+                code = (getattr(err.orig, "args", None) or [None])[0]
+                if code not in _CONFLICT_CODES or attempt == 4:
+                    raise
+                time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
+    return wrapper
+
+
 class MetadataStore:
     """Rows for clips and vectors. Every method is one short transaction."""
 
@@ -277,6 +302,7 @@ class MetadataStore:
                 vectors.c.clip_id == clip_id, vectors.c.model == model, vectors.c.status == READY)
             return c.execute(q).scalar_one() > 0
 
+    @retry_conflicts
     def begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
                      owner: str | None = None) -> tuple[int, list[int]] | str | None:
         """Insert the clip (if new) and one ``pending`` vector row per segment owned by ``owner``,
@@ -316,6 +342,7 @@ class MetadataStore:
                     status=PENDING, created_at=now, owner=owner)).inserted_primary_key[0])
         return int(clip_id), [int(i) for i in ids]
 
+    @retry_conflicts
     def set_status(self, vector_ids: Iterable[int], status: str) -> set[int]:
         """Set the status of rows; returns the ids that have ``status`` now.
 
@@ -340,6 +367,7 @@ class MetadataStore:
                 out.update(int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(vectors.c.id.in_(chunk))))
         return out
 
+    @retry_conflicts
     def mark_clip_deleting(self, clip_id: int, owner: str | None = None) -> dict[str, list[int]]:
         """Hide a clip from search by marking all its vectors ``deleting``; returns ids per model."""
         with self.engine.begin() as c:
@@ -350,17 +378,20 @@ class MetadataStore:
             out.setdefault(model, []).append(int(vid))
         return out
 
+    @retry_conflicts
     def mark_model_deleting(self, model: str, owner: str | None = None) -> list[int]:
         with self.engine.begin() as c:
             c.execute(vectors.update().where(vectors.c.model == model).values(status=DELETING, owner=owner))
             return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(vectors.c.model == model))]
 
+    @retry_conflicts
     def delete_vector_rows(self, vector_ids: Iterable[int]) -> None:
         ids = [int(i) for i in vector_ids]
         with self.engine.begin() as c:
             for chunk in _chunks(ids):
                 c.execute(vectors.delete().where(vectors.c.id.in_(chunk)))
 
+    @retry_conflicts
     def delete_clips_without_vectors(self) -> list[ClipRow]:
         """Delete clip rows that no vector row refers to; returns them (their files can go)."""
         with self.engine.begin() as c:
@@ -370,6 +401,7 @@ class MetadataStore:
                 c.execute(clips.delete().where(clips.c.id.in_(chunk)))
         return rows
 
+    @retry_conflicts
     def delete_clip(self, clip_id: int) -> ClipRow | None:
         """Delete a clip and all its vector rows in one transaction."""
         with self.engine.begin() as c:
@@ -474,6 +506,7 @@ class MetadataStore:
             return {int(r[0]) for r in c.execute(q)}
 
     # -- writers' leases -----------------------------------------------------------------
+    @retry_conflicts
     def renew_lease(self, owner: str, host: str, pid: int, seconds: float) -> None:
         """Create or extend ``owner``'s lease to ``seconds`` from now."""
         expires = utcnow() + timedelta(seconds=float(seconds))
@@ -482,6 +515,7 @@ class MetadataStore:
             if not n:
                 c.execute(writers.insert().values(owner=owner, host=host[:255], pid=int(pid), expires_at=expires))
 
+    @retry_conflicts
     def drop_lease(self, owner: str) -> None:
         with self.engine.begin() as c:
             c.execute(writers.delete().where(writers.c.owner == owner))
@@ -496,6 +530,7 @@ class MetadataStore:
         with self.engine.connect() as c:
             return {r[0] for r in c.execute(sa.select(writers.c.owner).where(writers.c.expires_at > utcnow()))}
 
+    @retry_conflicts
     def drop_expired_leases(self) -> int:
         """Forget writers whose lease expired (after recovery has handled their rows)."""
         with self.engine.begin() as c:
@@ -554,6 +589,7 @@ class MetadataStore:
             return int(c.execute(q).scalar_one())
 
     # -- near-duplicates -----------------------------------------------------------------
+    @retry_conflicts
     def mark_near_duplicate(self, clip_id: int, model: str, of_clip_id: int, score: float) -> None:
         """Record that ``clip_id`` is a near-duplicate of ``of_clip_id`` under ``model`` (replaces)."""
         with self.engine.begin() as c:
@@ -578,6 +614,7 @@ class MetadataStore:
                 near_duplicates.c.clip_id == int(clip_id), near_duplicates.c.model == model)).first()
         return int(r[0]) if r else None
 
+    @retry_conflicts
     def delete_near_duplicates(self, model: str) -> None:
         with self.engine.begin() as c:
             c.execute(near_duplicates.delete().where(near_duplicates.c.model == model))
@@ -591,6 +628,7 @@ class MetadataStore:
         return out
 
     # -- speakers ------------------------------------------------------------------------
+    @retry_conflicts
     def save_speaker(self, name: str, model: str, embedding: Sequence[float], n_clips: int) -> None:
         """Insert or replace the enrolled speaker ``name`` for ``model``."""
         now = utcnow()
@@ -618,6 +656,7 @@ class MetadataStore:
             r["embedding"] = json.loads(r["embedding"])
         return rows
 
+    @retry_conflicts
     def delete_speaker(self, name: str, model: str | None = None) -> int:
         """Delete an enrolled speaker (for ``model``, or for every model); returns rows deleted."""
         cond = [speakers.c.name == name] + ([speakers.c.model == model] if model else [])

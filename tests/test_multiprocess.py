@@ -312,3 +312,39 @@ def test_content_another_writer_is_adding_is_not_reported_as_existing(tmp_path, 
     finally:
         a.close()
         b.close()
+
+
+def test_a_transaction_mysql_rolled_back_for_a_conflict_runs_again(mysql_url):
+    """Writers and recoveries share one MySQL: a transaction MySQL rolls back for a deadlock with
+    another process (error 1213, seen in the multi-process test) runs again instead of ending the
+    ingest as "MySQL is not answering"; a real outage (2003) is not retried."""
+    import pymysql
+    import sqlalchemy as sa
+
+    from search_core.metadata import MetadataStore
+
+    store = MetadataStore(mysql_url)
+    try:
+        real, calls = store.engine.begin, []
+
+        def begin_once_deadlocked():
+            calls.append(1)
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("UPDATE vectors", {}, pymysql.err.OperationalError(
+                    1213, "Deadlock found when trying to get lock; try restarting transaction"))
+            return real()
+
+        store.engine.begin = begin_once_deadlocked
+        store.renew_lease("w1", "host", 1, 60.0)
+        assert len(calls) == 2 and "w1" in store.live_owners()
+
+        def begin_down():
+            raise sa.exc.OperationalError("UPDATE", {}, pymysql.err.OperationalError(
+                2003, "Can't connect to MySQL server on '127.0.0.1'"))
+
+        store.engine.begin = begin_down
+        with pytest.raises(sa.exc.OperationalError, match="Can't connect"):
+            store.drop_lease("w1")
+    finally:
+        store.engine.begin = real
+        store.close()
