@@ -13,7 +13,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -142,36 +144,42 @@ def _shared_settings(tmp_path: Path, milvus_uri: str, database_url: str, **kw):
                    library_dir=tmp_path / "library", **kw)
 
 
-@pytest.mark.parametrize("step", ["during_copy", "before_rows", "after_rows", "after_vectors"])
-def test_recovery_never_touches_a_live_writers_work(tmp_path, milvus_uri, mysql_url, step):
-    """Process B starts (and recovers) while process A is inside a write: B changes nothing of
-    A's, and A's clips all end up added, searchable and playable."""
-    import threading
-
-    from conftest import sound, write_wav
-
-    files = [write_wav(tmp_path / "in" / f"s{i}.wav", sound(i, seconds=3.0 + 5 * (i == 0))) for i in range(3)]
-    settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
-    a = LibraryService(settings)
-    reached, go = threading.Event(), threading.Event()
+@contextmanager
+def writer_paused_at(svc: LibraryService, step: str, files: list):
+    """Run ``svc.ingest_files(files)`` in a thread that stops the first time it reaches fault step
+    ``step``; the block runs while it waits, and it goes on when the block ends. Yields the list
+    that receives the writer's report."""
+    reached, go, result = threading.Event(), threading.Event(), []
 
     def pause(s: str) -> None:
         if s == step and not reached.is_set():
             reached.set()
             assert go.wait(120)
 
-    a.fault_hook = pause
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(a.ingest_files(files, MODEL)))
+    svc.fault_hook = pause
+    t = threading.Thread(target=lambda: result.append(svc.ingest_files(files, MODEL)))
     t.start()
     try:
         assert reached.wait(120), "the writer never reached " + step
-        b = LibraryService(settings)  # start-up recovery, while A is paused
-        rep = b.recover()
-        assert not rep.changed, rep
+        yield result
     finally:
         go.set()
         t.join(120)
+
+
+@pytest.mark.parametrize("step", ["during_copy", "before_rows", "after_rows", "after_vectors"])
+def test_recovery_never_touches_a_live_writers_work(tmp_path, milvus_uri, mysql_url, step):
+    """Process B starts (and recovers) while process A is inside a write: B changes nothing of
+    A's, and A's clips all end up added, searchable and playable."""
+    from conftest import sound, write_wav
+
+    files = [write_wav(tmp_path / "in" / f"s{i}.wav", sound(i, seconds=3.0 + 5 * (i == 0))) for i in range(3)]
+    settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
+    a = LibraryService(settings)
+    with writer_paused_at(a, step, files) as result:
+        b = LibraryService(settings)  # start-up recovery, while A is paused
+        rep = b.recover()
+        assert not rep.changed, rep
     try:
         assert result and len(result[0].added) == 3, result and result[0].summary()
         assert b.check() == {k: 0 for k in b.check()}
@@ -186,8 +194,6 @@ def test_recovery_never_touches_a_live_writers_work(tmp_path, milvus_uri, mysql_
 def test_a_write_rolled_back_under_its_writer_is_not_reported_added(tmp_path, milvus_uri, mysql_url):
     """If a writer's lease lapses (a stalled process) and another process' recovery rolls its
     pending clips back, the writer reports them as not stored (never "added") and leaves no orphan."""
-    import threading
-
     from conftest import sound, write_wav
     from search_core.metadata import writers
 
@@ -195,25 +201,10 @@ def test_a_write_rolled_back_under_its_writer_is_not_reported_added(tmp_path, mi
     settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
     a, b = LibraryService(settings), LibraryService(settings)
     a.ingest_files(files[:1], MODEL)
-    reached, go = threading.Event(), threading.Event()
-
-    def pause(s: str) -> None:
-        if s == "after_rows":
-            reached.set()
-            assert go.wait(120)
-
-    a.fault_hook = pause
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(a.ingest_files(files[1:], MODEL)))
-    t.start()
-    try:
-        assert reached.wait(120)
+    with writer_paused_at(a, "after_rows", files[1:]) as result:
         with a.meta.engine.begin() as c:  # A's lease runs out while it is stalled
             c.execute(writers.update().where(writers.c.owner == a.owner).values(expires_at=datetime(2000, 1, 1)))
         assert b.recover().rolled_back == 2
-    finally:
-        go.set()
-        t.join(120)
     try:
         rep = result[0]
         assert not rep.added and [i.status for i in rep.items] == ["error", "error"], rep.items
@@ -282,30 +273,14 @@ def test_a_database_made_by_the_previous_release_is_migrated(backend_settings, t
 def test_content_another_writer_is_adding_is_not_reported_as_existing(tmp_path, milvus_uri, mysql_url):
     """B ingests the file A is in the middle of writing: B must not say "already in the library"
     (A might still fail); it says another process is adding it, and a rerun finds it stored."""
-    import threading
-
     from conftest import sound, write_wav
 
     f = write_wav(tmp_path / "in" / "s.wav", sound(2))
     settings = _shared_settings(tmp_path, milvus_uri, mysql_url)
     a, b = LibraryService(settings), LibraryService(settings)
-    reached, go = threading.Event(), threading.Event()
-
-    def pause(s: str) -> None:
-        if s == "after_rows":
-            reached.set()
-            assert go.wait(120)
-
-    a.fault_hook = pause
-    t = threading.Thread(target=lambda: a.ingest_files([f], MODEL))
-    t.start()
-    try:
-        assert reached.wait(120)
+    with writer_paused_at(a, "after_rows", [f]):
         item = b.ingest_files([f], MODEL).items[0]
         assert item.status == "error" and "another process is adding or deleting it" in item.message
-    finally:
-        go.set()
-        t.join(120)
     try:
         assert b.ingest_files([f], MODEL).items[0].status == "exists"
         assert b.check() == {k: 0 for k in b.check()}
