@@ -69,6 +69,15 @@ def _assert_complete(tmp_path, milvus_uri, database_url) -> None:
         svc.close()
 
 
+def _rerun_completes(tmp_path, folder, milvus_uri, database_url) -> None:
+    """The same ingest command, run again once the service is back, completes the library."""
+    again = _ingest(tmp_path, folder, milvus_uri, database_url)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert f"library: {N} clips for {MODEL}" in out
+    _assert_complete(tmp_path, milvus_uri, database_url)
+
+
 def test_milvus_killed_during_an_ingest(tmp_path, milvus_server, milvus_uri, mysql_url):
     folder = _folder(tmp_path)
     proc = _ingest(tmp_path, folder, milvus_uri, mysql_url)
@@ -89,11 +98,7 @@ def test_milvus_killed_during_an_ingest(tmp_path, milvus_server, milvus_uri, mys
         finally:
             meta.close()
         milvus_server.start()
-        again = _ingest(tmp_path, folder, milvus_uri, mysql_url)
-        out, err = again.communicate(timeout=600)
-        assert again.returncode == 0, err[-3000:]
-        assert f"library: {N} clips for {MODEL}" in out
-        _assert_complete(tmp_path, milvus_uri, mysql_url)
+        _rerun_completes(tmp_path, folder, milvus_uri, mysql_url)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -114,11 +119,7 @@ def test_mariadb_stopped_during_an_ingest(tmp_path, milvus_uri, own_mysql_url):
         line = _one_line(err)
         assert "MySQL at mysql+pymysql://root@127.0.0.1:3306/" in line and "is not answering" in line
         assert re.search(r"\d+ clips? stored before it stopped; run the same command again to continue", line)
-        again = _ingest(tmp_path, folder, milvus_uri, mysql_url)
-        out, err = again.communicate(timeout=600)
-        assert again.returncode == 0, err[-3000:]
-        assert f"library: {N} clips for {MODEL}" in out
-        _assert_complete(tmp_path, milvus_uri, mysql_url)
+        _rerun_completes(tmp_path, folder, milvus_uri, mysql_url)
     finally:
         if proc.poll() is None:
             proc.kill()
