@@ -379,12 +379,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
                   progress=gr.Progress(track_tqdm=True)):
         if not query_path:
             raise gr.Error("Record or upload a clip first.")
-        try:
-            progress(0.1, desc="embedding the query")
-            filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
-            res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
-        except FRIENDLY_ERRORS as err:
-            raise gr.Error(public_message(err))
+        progress(0.1, desc="embedding the query")
+        filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
+        res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
         progress(0.6, desc="preparing results")
         return search_outputs(res, model, render_dir)
 
@@ -395,12 +392,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
             raise gr.Error("Choose one or more audio files first.")
         paths = [f if isinstance(f, str) else f.name for f in files]
         progress(0, desc="loading model")
-        try:
-            meta = limits.clip_metadata({"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")})
-            rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
-                                   progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
-        except FRIENDLY_ERRORS as err:
-            raise gr.Error(public_message(err))
+        meta = limits.clip_metadata({"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")})
+        rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
+                               progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         return report_md(rep), counts_md(), browse_rows(model, "")
 
     def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
@@ -481,19 +475,13 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         if not clips:
             raise gr.Error("Choose one or more clips of the speaker.")
         paths = [f if isinstance(f, str) else f.name for f in clips]
-        try:
-            sp = svc.speakers.enrol(name or "", paths, model, add=bool(add))
-        except FRIENDLY_ERRORS as err:
-            raise gr.Error(public_message(err))
+        sp = svc.speakers.enrol(name or "", paths, model, add=bool(add))
         return f"Enrolled **{html.escape(sp.name)}** with {sp.model} from {sp.n_clips} clip(s).", speaker_rows()
 
     def do_identify(clip, model):
         if not clip:
             raise gr.Error("Record or upload a clip first.")
-        try:
-            res = svc.speakers.identify(clip, model)
-        except FRIENDLY_ERRORS as err:
-            raise gr.Error(public_message(err))
+        res = svc.speakers.identify(clip, model)
         verdict = (f"**{html.escape(res.name)}**" if res.known else
                    "**unknown** — no enrolled speaker is close enough")
         text = (f"{verdict} (cosine similarity {res.score:.3f}; the threshold for {model} is {res.threshold:.3f})")
@@ -545,7 +533,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         gr.Warning("Wrong user name or password.")
         return {"admin": False}, "Not logged in.", ""
 
-    # every handler: an unexpected exception reaches the page as a sentence (see explained)
+    # every handler: expected errors become their message, an unexpected exception a sentence (see explained)
     do_search = explained(do_search, "Search")
     do_ingest = explained(do_ingest, "Adding the files")
     do_import_folder = explained(do_import_folder, "Importing the folder")
