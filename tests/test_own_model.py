@@ -57,6 +57,18 @@ def waveform_graph(path: Path, samples: int | str = WAVE_SAMPLES, output: str = 
     return _save(graph, path)
 
 
+def energy_graph(path: Path) -> Path:
+    """audio [N, T] -> energy of each 10 ms frame [N, T / 160]: an output whose size depends on the input."""
+    nodes = [helper.make_node("Reshape", ["audio", "frame_shape"], ["frames"]),
+             helper.make_node("Mul", ["frames", "frames"], ["power"]),
+             helper.make_node("ReduceMean", ["power"], ["embedding"], axes=[2], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "energy", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", "T"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", "F"])],
+        initializer=[numpy_helper.from_array(np.array([0, -1, FRAME], dtype=np.int64), "frame_shape")])
+    return _save(graph, path)
+
+
 def waveform_reference(y: np.ndarray) -> np.ndarray:
     y = np.pad(y, (0, max(0, WAVE_SAMPLES - len(y))))[:WAVE_SAMPLES]
     return np.abs(y.reshape(-1, FRAME) @ W_WAVE).mean(axis=0)
@@ -140,6 +152,7 @@ def test_cli_lists_own_models_and_says_why_a_file_is_skipped(tmp_path):
     custom = install(data / "weights", "my_wave", WAVE_CARD, waveform_graph)
     (custom / "Bad Name.onnx").write_bytes(b"x")
     (custom / "yamnet.toml").write_text(WAVE_CARD)
+    install(data / "weights", "broken", _edit(MEL_CARD, "dim", None), log_mel_graph)
     env = {**os.environ, "DATA_DIR": str(data), "SEARCH_CORE_OFFLINE": "1"}
     env.pop("WEIGHTS_DIR", None)
     out = subprocess.run([sys.executable, "-m", "search_core", "models"], cwd=REPO, env=env,
@@ -147,7 +160,8 @@ def test_cli_lists_own_models_and_says_why_a_file_is_skipped(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "my_wave — sound, 16-d, 16 kHz, ready · your own model (CC0)" in lines
-    assert lines[-1].startswith("my_wave")  # after the built-in models
+    assert lines[-2:] == ["broken — not usable: card custom/broken.toml: field 'dim' is missing",
+                          "my_wave — sound, 16-d, 16 kHz, ready · your own model (CC0)"]  # after the built-ins
     assert "custom/Bad Name.onnx: skipped, the file name 'Bad Name' is not a model name" in out.stderr
     assert "custom/yamnet.toml: skipped, 'yamnet' is a built-in model" in out.stderr
 
@@ -243,29 +257,43 @@ BAD = {
                            "graph custom/m.onnx: input 'mel' has 64 mel bands (shape ['N', 1, 'T', 64]), "
                            "the card's [log_mel] n_mels is 40"),
     "graph missing": (MEL_CARD, "graph custom/m.onnx is missing"),
+    "card missing": (None, "card custom/m.toml is missing: put a card"),
     "graph not onnx": (MEL_CARD, "graph custom/m.onnx is not a loadable ONNX model"),
+    # found only when the graph runs (first use): its output size is not declared, or it fails on the input
+    "dim mismatch, undeclared": (WAVE_CARD.replace("window_s = 1.0", "window_s = 1.0\nmin_duration_s = 0.5"),
+                                 "card custom/m.toml: field 'dim' is 16, but output 'embedding' of graph "
+                                 "custom/m.onnx has 50 values"),
+    "graph fails on input": (WAVE_CARD.replace("window_s = 1.0", "window_s = 1.0\nmin_duration_s = 0.995"),
+                             "graph custom/m.onnx fails on the front end's input 'audio'"),
 }
+AT_FIRST_USE = {"dim mismatch, undeclared", "graph fails on input"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_card_or_graph_is_one_sentence_and_changes_nothing(case, weights, settings, tmp_path):
     card, sentence = BAD[case]
-    custom = install(weights, "m", card)
+    custom = install(weights, "m", card or "")
+    if card is None:
+        (custom / "m.toml").unlink()
     if case == "graph not onnx":
         (custom / "m.onnx").write_bytes(b"not a graph")
+    elif case == "graph fails on input":  # a free time axis cut into 160-sample frames: 15920 samples do not fit
+        waveform_graph(custom / "m.onnx", samples="T")
+    elif case == "dim mismatch, undeclared":
+        energy_graph(custom / "m.onnx")
     elif case != "graph missing":
-        log_mel_graph(custom / "m.onnx")  # 64 mel bands in, "emb" [N, 12] out
+        log_mel_graph(custom / "m.onnx")  # 64 bands in, "emb" [N, 12] out
     assert "m" in model_names() and not custom_model_problems()
-    m = get_model("m")
-    st = m.status()
-    assert not st.ready and st.message.startswith(sentence), st.message
-    assert sentence[:60] in describe("m")
+    assert get_model("m").status().ready is (case in AT_FIRST_USE)
 
     clip = write_wav(tmp_path / "in" / "a.wav", sound(1, 1.0))
     svc = LibraryService(settings)
     try:
         with pytest.raises(CardError, match=re.escape(sentence)):
             svc.ingest_files([clip], "m")
+        st = get_model("m").status()
+        assert not st.ready and st.message.startswith(sentence), st.message
+        assert sentence[:60] in describe("m")
         with pytest.raises(CardError, match=re.escape(sentence)):
             svc.search(clip, "m", k=1)
         assert svc.count() == 0 and not svc.vectors.exists("m") and not any(settings.library_dir.iterdir())

@@ -50,7 +50,7 @@ class LogMel:
     """The ``[log_mel]`` table: an STFT power (or magnitude) mel spectrogram, then a log.
 
     ``mel = melfilters(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm) @ |STFT|**power``
-    (``librosa.filters.mel``, ``librosa.stft`` with a Hann window of ``win_length``, ``center``),
+    (``librosa.filters.mel``; the STFT of ``librosa.stft`` with a Hann window of ``win_length``, ``center``),
     then ``ln(mel + log_offset)`` (``log = "ln"``), ``log10(mel + log_offset)`` (``"log10"``) or
     ``10 log10(max(mel, log_offset))`` (``"db"``), optionally minus each band's mean over the clip.
     """
@@ -230,22 +230,39 @@ def read_card(path: Path, name: str) -> Card:
 # -- front end ------------------------------------------------------------------------------
 @lru_cache(maxsize=16)
 def _mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str) -> np.ndarray:
-    import librosa
+    """``(n_fft // 2 + 1, n_mels)`` float32: ``librosa.filters.mel`` transposed."""
+    from librosa.filters import mel
 
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
-                               norm="slaney" if norm == "slaney" else None).astype(np.float32)
+    return np.ascontiguousarray(mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
+                                    norm="slaney" if norm == "slaney" else None).T, dtype=np.float32)
+
+
+@lru_cache(maxsize=16)
+def _window(n_fft: int, win_length: int) -> np.ndarray:
+    """A periodic Hann window of ``win_length`` zero-padded to ``n_fft`` in the centre, as librosa's."""
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)
+    left = (n_fft - win_length) // 2
+    return np.pad(w, (left, n_fft - win_length - left)).astype(np.float32)
 
 
 def log_mel(y: np.ndarray, sr: int, p: LogMel) -> np.ndarray:
-    """``(frames, n_mels)`` float32 log-mel features of mono ``y`` as the card's ``[log_mel]`` says."""
-    import librosa
+    """``(frames, n_mels)`` float32 log-mel features of mono ``y`` as the card's ``[log_mel]`` says.
+
+    The spectrogram is ``librosa.stft``'s (Hann window, centred frames zero-padded by n_fft // 2),
+    computed with scipy's FFT: librosa's first call takes seconds, and a model's status runs this.
+    """
+    import scipy.fft
 
     y = np.asarray(y, dtype=np.float32)
-    spec = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length or p.n_fft,
-                               window="hann", center=p.center))
+    if p.center:
+        y = np.pad(y, p.n_fft // 2)
+    if len(y) < p.n_fft:
+        raise ValueError(f"{len(y)} samples are fewer than one FFT frame ({p.n_fft})")
+    frames = np.lib.stride_tricks.sliding_window_view(y, p.n_fft)[::p.hop_length]
+    spec = np.abs(scipy.fft.rfft(frames * _window(p.n_fft, p.win_length or p.n_fft), axis=1))
     if p.power != 1.0:
         spec = spec ** p.power
-    mel = _mel_filters(sr, p.n_fft, p.n_mels, p.fmin, p.fmax or sr / 2, p.mel_scale == "htk", p.mel_norm) @ spec
+    mel = spec @ _mel_filters(sr, p.n_fft, p.n_mels, p.fmin, p.fmax or sr / 2, p.mel_scale == "htk", p.mel_norm)
     if p.log == "ln":
         out = np.log(mel + p.log_offset)
     elif p.log == "log10":
@@ -253,8 +270,8 @@ def log_mel(y: np.ndarray, sr: int, p: LogMel) -> np.ndarray:
     else:
         out = 10.0 * np.log10(np.maximum(mel, p.log_offset))
     if p.subtract_mean:
-        out = out - out.mean(axis=1, keepdims=True)
-    return np.ascontiguousarray(out.T, dtype=np.float32)
+        out = out - out.mean(axis=0, keepdims=True)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _fit(x: np.ndarray, length: int | None, axis: int) -> np.ndarray:
@@ -286,6 +303,7 @@ class OnnxCardModel(EmbeddingModel):
         self.card_path, self.graph_path = Path(card_path), Path(graph_path)
         self._problem: str | None = None
         self._session = None
+        self._probed = False
         try:
             self.card: Card | None = read_card(self.card_path, name)
         except CardError as err:
@@ -314,14 +332,17 @@ class OnnxCardModel(EmbeddingModel):
                 return ModelStatus(False, str(err), short=f"not usable: {err}"[:160])
         return ModelStatus(True, "ready")
 
-    def _check(self) -> None:
-        """Open the graph and dry-run it once per instance (an instance lives as long as its files)."""
+    def _check(self, run: bool = False) -> None:
+        """Open the graph and check it against the card (status); with ``run`` (load) also run it once
+        on silence. Each happens once per instance, and an instance lives as long as its two files."""
         if self._problem:
             raise CardError(self._problem)
-        if self._session is not None:
-            return
         try:
-            self._session = self._open()
+            if self._session is None:
+                self._session = self._open()
+            if run and not self._probed:
+                self._probe()
+                self._probed = True
         except CardError as err:
             self._problem = str(err)
             raise
@@ -372,17 +393,26 @@ class OnnxCardModel(EmbeddingModel):
         self._input, self._shape, self._batch = inp.name, shape, batch
         time_axis = 1 if c.front_end == "waveform" else (-2 if c.log_mel.layout == "frames_mels" else -1)
         self._time_axis, self._time = time_axis, _fixed(shape[time_axis])
-        try:
-            probe = self._run(session, [np.zeros(max(self.info.min_samples,
-                                                     int(self.info.min_duration_s * c.sample_rate)),
-                                                 dtype=np.float32)])
-        except Exception as err:  # noqa: BLE001 - any failure of the graph on the card's input
-            raise CardError(f"{g} fails on the front end's input '{inp.name}' ({str(err)[:200]}); "
-                            f"check the card's front_end and [log_mel] against the graph") from None
-        if probe.shape[1] != c.dim:
-            raise CardError(f"{card}: field 'dim' is {c.dim}, but output '{c.output}' of {g} "
-                            f"has {probe.shape[1]} values per clip")
+        dims = [o.shape for o in session.get_outputs() if o.name == c.output][0][1:]
+        if all(_fixed(d) for d in dims) and int(np.prod(dims)) != c.dim:
+            raise CardError(self._dim_problem(int(np.prod(dims))))
         return session
+
+    def _dim_problem(self, got: int) -> str:
+        return (f"card {FOLDER}/{self.card_path.name}: field 'dim' is {self.card.dim}, but output "
+                f"'{self.card.output}' of graph {FOLDER}/{self.graph_path.name} has {got} values per clip")
+
+    def _probe(self) -> None:
+        """Run the graph once on the shortest clip the card allows (silence): catches what shapes cannot."""
+        c = self.card
+        silence = np.zeros(max(self.info.min_samples, int(self.info.min_duration_s * c.sample_rate)), dtype=np.float32)
+        try:
+            out = self._run(self._session, [silence])
+        except Exception as err:  # noqa: BLE001 - any failure of the graph on the card's input
+            raise CardError(f"graph {FOLDER}/{self.graph_path.name} fails on the front end's input '{self._input}' "
+                            f"({str(err)[:200]}); check the card's front_end and [log_mel] against the graph") from None
+        if out.shape[1] != c.dim:
+            raise CardError(self._dim_problem(out.shape[1]))
 
     # -- embedding ------------------------------------------------------------------------
     def features(self, waveform: np.ndarray) -> np.ndarray:
@@ -413,7 +443,7 @@ class OnnxCardModel(EmbeddingModel):
         return np.stack(rows)
 
     def _load(self) -> None:
-        self._check()
+        self._check(run=True)
 
     def _embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
         return self._run(self._session, waveforms)
