@@ -78,11 +78,14 @@ def mel_weights(n_mels: int, dim: int) -> np.ndarray:
     return np.random.default_rng(n_mels + dim).standard_normal((n_mels, dim)).astype(np.float32)
 
 
-def log_mel_graph(path: Path, n_mels: int = 64, dim: int = 12, output: str = "emb", channel: bool = True) -> Path:
-    """mel [N, 1, T, n_mels] (or [N, T, n_mels]) -> mean over frames -> @ W -> output [N, dim]."""
+def log_mel_graph(path: Path, n_mels: int = 64, dim: int = 12, output: str = "emb", channel: bool = True,
+                  mels_first: bool = False) -> Path:
+    """mel [N, 1, T, n_mels] (or [N, T, n_mels]; T and n_mels swapped if ``mels_first``) -> mean over
+    frames -> @ W -> output [N, dim]."""
     w = mel_weights(n_mels, dim)
-    shape = ["N", 1, "T", n_mels] if channel else ["N", "T", n_mels]
-    nodes = [helper.make_node("ReduceMean", ["mel"], ["pooled"], axes=[-2], keepdims=0),
+    shape = ["N", n_mels, "T"] if mels_first else ["N", "T", n_mels]
+    shape = [shape[0], 1, *shape[1:]] if channel else shape
+    nodes = [helper.make_node("ReduceMean", ["mel"], ["pooled"], axes=[-1 if mels_first else -2], keepdims=0),
              helper.make_node("Reshape", ["pooled", "flat"], ["flat_pooled"]),
              helper.make_node("MatMul", ["flat_pooled", "w"], [output])]
     graph = helper.make_graph(
@@ -180,11 +183,12 @@ def test_waveform_model_embeds_like_its_graph_in_numpy(weights):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("channel", [True, False])
-def test_log_mel_model_embeds_like_librosa_and_its_graph(weights, channel):
+@pytest.mark.parametrize("channel, mels_first", [(True, False), (False, False), (False, True)])
+def test_log_mel_model_embeds_like_librosa_and_its_graph(weights, channel, mels_first):
     import librosa
 
-    install(weights, "my_mel", MEL_CARD, log_mel_graph, channel=channel)
+    card = MEL_CARD + ('layout = "mels_frames"\n' if mels_first else "")
+    install(weights, "my_mel", card, log_mel_graph, channel=channel, mels_first=mels_first)
     w = mel_weights(64, 12)
     m = get_model("my_mel")
     assert m.status().ready and describe("my_mel").startswith("my_mel — sound, 12-d, 16 kHz, ready")
@@ -208,6 +212,31 @@ def test_the_readme_card_loads(weights):
     assert m.status().ready, m.status().message
     assert (m.info.task, m.info.dim, m.info.licence) == ("speaker", card["dim"], card["licence"])
     assert m.embed([sound(1, 1.0)]).shape == (1, card["dim"])
+    # every option of the example (htk, unnormalised triangles, win_length, fmin/fmax, CMN) as librosa does it
+    import librosa
+
+    p, y = card["log_mel"], sound(1, 1.0)
+    mel = librosa.feature.melspectrogram(y=y, sr=card["sample_rate"], n_fft=p["n_fft"], hop_length=p["hop_length"],
+                                         win_length=p["win_length"], n_mels=p["n_mels"], fmin=p["fmin"],
+                                         fmax=p["fmax"], htk=True, norm=None, power=p["power"])
+    want = np.log(mel + p["log_offset"])
+    want -= want.mean(axis=1, keepdims=True)
+    # float32 FFT leakage far below a chirp's peak differs by ~1e-4 relative between the two FFTs, which
+    # the log and CMN turn into ~1e-3 here; a wrong option (scale, norm, window, CMN) is off by > 0.1
+    np.testing.assert_allclose(m.features(y), want.T, atol=2e-3)
+
+
+@pytest.mark.parametrize("log", ["log10", "db"])
+def test_log10_and_decibel_front_ends_match_librosa(log):
+    import librosa
+
+    from search_core.models.onnx_card import LogMel, log_mel
+
+    y = sound(2, 0.7)
+    p = LogMel(n_fft=1024, hop_length=256, n_mels=40, power=1.0, log=log, log_offset=1e-5, center=False)
+    mel = librosa.feature.melspectrogram(y=y, sr=RATE, n_fft=1024, hop_length=256, n_mels=40, power=1.0, center=False)
+    want = np.log10(mel + 1e-5) if log == "log10" else librosa.power_to_db(mel, ref=1.0, amin=1e-5, top_db=None)
+    np.testing.assert_allclose(log_mel(y, RATE, p), want.T, atol=2e-4)
 
 
 def test_round_trip_through_the_library_with_its_own_collection(weights, settings, tmp_path):
