@@ -18,7 +18,8 @@ import pytest
 
 from conftest import REPO, sound, write_wav
 from search_core.models import custom_model_problems, describe, get_model, model_names
-from search_core.models.onnx_card import CardError, OnnxCardModel
+from search_core.models.onnx_card import CardError
+from search_core.models.own_model import OnnxCardModel
 from search_core.service import LibraryService
 
 onnx = pytest.importorskip("onnx")
@@ -230,7 +231,8 @@ def test_the_readme_card_loads(weights):
 def test_log10_and_decibel_front_ends_match_librosa(log):
     import librosa
 
-    from search_core.models.onnx_card import LogMel, log_mel
+    from search_core.models.onnx_card import LogMel
+    from search_core.models.own_model import log_mel
 
     y = sound(2, 0.7)
     p = LogMel(n_fft=1024, hop_length=256, n_mels=40, power=1.0, log=log, log_offset=1e-5, center=False)

@@ -3,7 +3,8 @@
 Each entry maps a model name to the module and class that implement it; modules are imported
 only when a model is used, so listing models never imports paddle, onnxruntime or torch code.
 Your own ONNX models (``$WEIGHTS_DIR/custom/<name>.onnx`` with a card ``<name>.toml``, see
-:mod:`.onnx_card`) follow the built-in ones, found afresh on every listing.
+:mod:`.onnx_card`) follow the built-in ones, found afresh on every listing; their status opens
+the graph with onnxruntime (once per version of the two files).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 
 from . import onnx_card
 from .base import EmbeddingModel, ModelInfo, ModelStatus, WeightsNotInstalled, l2_normalize
+from .own_model import OnnxCardModel
 
 # name -> (module, class). Order is the order shown in the UI.
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -68,7 +70,7 @@ def get_model(name: str) -> EmbeddingModel:
     with _lock:
         have = _custom.get(str(card))
         if have is None or have[0] != sig:
-            have = _custom[str(card)] = (sig, onnx_card.OnnxCardModel(name, card, graph))
+            have = _custom[str(card)] = (sig, OnnxCardModel(name, card, graph))
         return have[1]
 
 
@@ -82,13 +84,15 @@ def describe(name: str) -> str:
     m = get_model(name)
     i = m.info
     st = m.status()
-    if isinstance(m, onnx_card.OnnxCardModel) and m.card is None:  # no task, dim or rate to show
+    own = isinstance(m, OnnxCardModel)
+    if own and m.card is None:  # no task, dim or rate to show
         return f"{i.name} — {st.short or st.message}"
     status = "ready" if st.ready else (st.short or st.message)
     if i.opt_in:
         status += " · opt-in: licence not stated"
-    if isinstance(m, onnx_card.OnnxCardModel):
-        status += f" · your own model ({i.licence})" if i.licence else " · your own model"
+    if own:
+        licence = i.licence if len(i.licence) <= 60 else i.licence[:57] + "..."
+        status += f" · your own model ({licence})"
     return f"{i.name} — {i.task}, {i.dim}-d, {i.sample_rate / 1000:g} kHz, {status}"
 
 
