@@ -41,7 +41,8 @@ def _save(graph, path: Path) -> Path:
     return path
 
 
-def waveform_graph(path: Path, samples: int | str = WAVE_SAMPLES, output: str = "embedding") -> Path:
+def waveform_graph(path: Path, samples: int | str = WAVE_SAMPLES, output: str = "embedding",
+                   batch: int | str = "N") -> Path:
     """audio [N, samples] -> 10 ms frames @ W -> |.| -> mean over frames -> output [N, 16]."""
     nodes = [
         helper.make_node("Reshape", ["audio", "frame_shape"], ["frames"]),
@@ -51,8 +52,8 @@ def waveform_graph(path: Path, samples: int | str = WAVE_SAMPLES, output: str = 
     ]
     graph = helper.make_graph(
         nodes, "wave",
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", samples])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [batch, samples])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, 16])],
         initializer=[numpy_helper.from_array(np.array([0, -1, FRAME], dtype=np.int64), "frame_shape"),
                      numpy_helper.from_array(W_WAVE, "w")])
     return _save(graph, path)
@@ -169,9 +170,17 @@ def test_cli_lists_own_models_and_says_why_a_file_is_skipped(tmp_path):
     assert "custom/Bad Name.onnx: skipped, the file name 'Bad Name' is not a model name" in out.stderr
     assert "custom/yamnet.toml: skipped, 'yamnet' is a built-in model" in out.stderr
 
+    # using the broken one: the same sentence, exit code 2, nothing stored
+    clip = write_wav(tmp_path / "a.wav", sound(1, 1.0))
+    out = subprocess.run([sys.executable, "-m", "search_core", "ingest", str(clip), "--model", "broken"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "error: card custom/broken.toml: field 'dim' is missing" in out.stderr, out.stderr
+    assert not any((data / "library").glob("*"))
 
-def test_waveform_model_embeds_like_its_graph_in_numpy(weights):
-    install(weights, "my_wave", WAVE_CARD, waveform_graph)
+
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_waveform_model_embeds_like_its_graph_in_numpy(weights, batch):
+    install(weights, "my_wave", WAVE_CARD, waveform_graph, batch=batch)
     assert "my_wave" in model_names()
     m = get_model("my_wave")
     assert isinstance(m, OnnxCardModel) and m.status().ready
