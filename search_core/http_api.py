@@ -240,7 +240,8 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         return JSONResponse({"error": text}, err.status_code, headers=getattr(err, "headers", None))
 
     @api.get("/models")
-    def models():
+    def models(request: Request):
+        authorize(request, change=False)
         out = []
         for name in svc.models():
             m = get_model(name)
@@ -302,8 +303,9 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         return body
 
     @api.get("/clips")
-    def list_clips(model: str | None = None, q: str | None = None, page: str | None = None,
+    def list_clips(request: Request, model: str | None = None, q: str | None = None, page: str | None = None,
                    per_page: str | None = None):
+        authorize(request, change=False)
         def work():
             if model:
                 get_model(model)
@@ -313,7 +315,8 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         return {"clips": run("Listing the library", work)}
 
     @api.get("/count")
-    def count(model: str | None = None):
+    def count(request: Request, model: str | None = None):
+        authorize(request, change=False)
         def work():
             if model:
                 get_model(model)
