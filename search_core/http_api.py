@@ -5,6 +5,7 @@
     POST   /api/clips                       multipart: files (one or more), model, label, speaker, source,
                                             tags (comma-separated) -> what was added, found, rejected
     GET    /api/clips?model=&q=&page=&per_page=   the library, newest first
+    GET    /api/clips/{id}/audio            the clip's stored file (a hit's ``audio_url``)
     GET    /api/count?model=                clips in the library, and per model
     DELETE /api/clips/{id}                  delete a clip from every model and the library
 
@@ -25,14 +26,14 @@ import shutil
 import sys
 import tempfile
 import traceback
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable
-from urllib.parse import quote
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -106,19 +107,19 @@ def hit_json(h) -> dict:
     return {"rank": h.rank, "id": c.id, "name": c.original_name, "score": round(h.score, 4),
             "distance": round(h.distance, 4), "start_s": round(h.start_s, 3), "end_s": round(h.end_s, 3),
             "segments": len(h.segments), "duration_s": round(c.duration_s, 3), "label": c.label,
-            "speaker": c.speaker, "source": c.source, "tags": c.tags, "audio_url": audio_url(h.path)}
+            "speaker": c.speaker, "source": c.source, "tags": c.tags, "audio_url": audio_url(c.id)}
 
 
-def clip_json(c, models, path: Path) -> dict:
+def clip_json(c, models) -> dict:
     return {"id": c.id, "name": c.original_name, "duration_s": round(c.duration_s, 3),
             "sample_rate": c.sample_rate, "channels": c.channels, "label": c.label, "speaker": c.speaker,
             "source": c.source, "tags": c.tags, "added": c.created_at.isoformat(timespec="seconds"),
-            "models": list(models), "audio_url": audio_url(path)}
+            "models": list(models), "audio_url": audio_url(c.id)}
 
 
-def audio_url(path: Path) -> str:
-    """The stored file's URL on this server (the library folder is served, as for the page's players)."""
-    return "/gradio_api/file=" + quote(str(path))
+def audio_url(clip_id: int) -> str:
+    """Where this server hands out a clip's stored file, behind the same login as the search."""
+    return f"{PREFIX}/clips/{clip_id}/audio"
 
 
 def report_json(rep, files: int) -> dict:
@@ -157,12 +158,14 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         address = client_address(request.scope)
         refusal = throttle.begin(address, user.strip())  # counted as failed until it succeeds
         if refusal:
-            raise ApiError(429, refusal, headers={"Retry-After": refusal.split(" in ")[-1].split()[0]})
+            raise ApiError(429, refusal, headers={"Retry-After": str(int(throttle.wait(address, user.strip())) + 1)})
         if not access.check(user, password):
             raise ApiError(401, "Wrong user name or password.")
         throttle.succeeded(address, user.strip())
 
-    async def read_form(request: Request, fields: tuple[str, ...], max_files: int, max_bytes: int | None):
+    @asynccontextmanager
+    async def upload_form(request: Request, fields: tuple[str, ...], max_files: int, max_bytes: int | None):
+        """The multipart form of an upload, within its bounds; its spooled files are removed after use."""
         length = request.headers.get("content-length")
         if max_bytes is not None and length and length.isdigit() and int(length) > max_bytes:
             raise ApiError(413, f"The request is {int(length)} bytes; a query file may be at most "
@@ -177,7 +180,10 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         if unknown:  # a misspelt filter must not silently search everything
             raise ApiError(400, f"Unknown field {limits.clean(unknown[0])[:40]!r}; this endpoint takes: "
                                 f"{', '.join(fields)}.", len([v for v in form.values() if isinstance(v, UploadFile)]))
-        return form
+        try:
+            yield form
+        finally:
+            await form.close()
 
     def field(form, name: str, default=None):
         value = form.get(name)
@@ -254,20 +260,20 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
     @api.post("/search")
     async def search(request: Request):
         authorize(request, change=False)
-        form = await read_form(request, ("file", "model", "k", "label", "speaker", "source", "tag"), 1,
-                               settings.max_upload_bytes + FORM_SLACK)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(400, "Send the query as a file field named 'file' (curl -F file=@query.wav).")
-        k = run("Search", limits.top_k, field(form, "k", "10"), files=1)
-        model = run("Search", model_of, form, files=1)
-        filters = {key: field(form, key) for key in ("label", "speaker", "source", "tag")}
+        async with upload_form(request, ("file", "model", "k", "label", "speaker", "source", "tag"), 1,
+                               settings.max_upload_bytes + FORM_SLACK) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "Send the query as a file field named 'file' (curl -F file=@query.wav).")
+            k = run("Search", limits.top_k, field(form, "k", "10"), files=1)
+            model = run("Search", model_of, form, files=1)
+            filters = {key: field(form, key) for key in ("label", "speaker", "source", "tag")}
 
-        def work():
-            with tempfile.TemporaryDirectory(prefix="audiosearch-api-") as tmp:
-                (path,), _ = saved([upload], Path(tmp))
-                return svc.search(path, model, k, filters=filters)
-        res = await anyio.to_thread.run_sync(partial(run, "Search", work, files=1), limiter=searches)
+            def work():
+                with tempfile.TemporaryDirectory(prefix="audiosearch-api-") as tmp:
+                    (path,), _ = saved([upload], Path(tmp))
+                    return svc.search(path, model, k, filters=filters)
+            res = await anyio.to_thread.run_sync(partial(run, "Search", work, files=1), limiter=searches)
         q = res.query
         return {"model": model, "files": 1, "hits": [hit_json(h) for h in res.hits],
                 "query": {"duration_s": round(q.duration_s, 3), "searched_part": bool(q.is_part),
@@ -277,22 +283,22 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
     @api.post("/clips")
     async def ingest(request: Request):
         authorize(request, change=True)
-        form = await read_form(request, ("files", "file", "model", "label", "speaker", "source", "tags"),
-                               MAX_FILES, None)  # the bytes: bounded by the address's upload allowance
-        uploads = [u for u in form.getlist("files") + form.getlist("file") if isinstance(u, UploadFile)]
-        if not uploads:
-            raise ApiError(400, "Send one or more files in fields named 'files' (curl -F files=@a.wav).")
-        n = len(uploads)
-        model = run("Adding the files", model_of, form, files=n)
-        meta = run("Adding the files", lambda: limits.clip_metadata({
-            "label": field(form, "label"), "speaker": field(form, "speaker"), "source": field(form, "source"),
-            "tags": limits.tags(field(form, "tags"), ",")}), files=n)
+        async with upload_form(request, ("files", "file", "model", "label", "speaker", "source", "tags"),
+                               MAX_FILES, None) as form:  # its bytes: bounded by the address's upload allowance
+            uploads = [u for u in form.getlist("files") + form.getlist("file") if isinstance(u, UploadFile)]
+            if not uploads:
+                raise ApiError(400, "Send one or more files in fields named 'files' (curl -F files=@a.wav).")
+            n = len(uploads)
+            model = run("Adding the files", model_of, form, files=n)
+            meta = run("Adding the files", lambda: limits.clip_metadata({
+                "label": field(form, "label"), "speaker": field(form, "speaker"), "source": field(form, "source"),
+                "tags": limits.tags(field(form, "tags"), ",")}), files=n)
 
-        def work():
-            with tempfile.TemporaryDirectory(prefix="audiosearch-api-") as tmp:
-                paths, names = saved(uploads, Path(tmp))
-                return svc.ingest_files(paths, model, names=names, metadata=[meta] * n)
-        rep = await anyio.to_thread.run_sync(partial(run, "Adding the files", work, files=n), limiter=imports)
+            def work():
+                with tempfile.TemporaryDirectory(prefix="audiosearch-api-") as tmp:
+                    paths, names = saved(uploads, Path(tmp))
+                    return svc.ingest_files(paths, model, names=names, metadata=[meta] * n)
+            rep = await anyio.to_thread.run_sync(partial(run, "Adding the files", work, files=n), limiter=imports)
         body = report_json(rep, n)
         for item in body["rejected"]:
             item["error"] = message(ValueError(item["error"]))
@@ -306,17 +312,29 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
     def list_clips(request: Request, model: str | None = None, q: str | None = None, page: str | None = None,
                    per_page: str | None = None):
         authorize(request, change=False)
+
         def work():
             if model:
                 get_model(model)
             size = limits.whole_number(per_page or 50, "number of clips per page (per_page)", 1, MAX_PER_PAGE)
             start = (limits.page(page) - 1) * size
-            return [clip_json(c, models, svc.clip_path(c)) for c, models in svc.list_clips(model, q or "", start, size)]
+            return [clip_json(c, models) for c, models in svc.list_clips(model, q or "", start, size)]
         return {"clips": run("Listing the library", work)}
+
+    @api.get("/clips/{clip_id}/audio")
+    def clip_audio(clip_id: str, request: Request):
+        authorize(request, change=False)
+        cid = run("Fetching the audio", limits.clip_id, clip_id)
+        clip = run("Fetching the audio", svc.meta.clip, cid)
+        path = svc.clip_path(clip) if clip is not None else None
+        if path is None or not path.is_file():
+            raise ApiError(404, f"No clip with id {cid}.")
+        return FileResponse(path, filename=clip.original_name, content_disposition_type="inline")
 
     @api.get("/count")
     def count(request: Request, model: str | None = None):
         authorize(request, change=False)
+
         def work():
             if model:
                 get_model(model)

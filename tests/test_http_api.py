@@ -97,6 +97,7 @@ def test_the_readme_curl_examples_search_add_count_list_and_delete(app_url, tmp_
     cat = next(h for h in filtered["hits"] if h["name"] == "cat.wav")  # (the dog is deleted below)
     served = httpx.get(app_url.rstrip("/") + cat["audio_url"], timeout=30)
     assert served.status_code == 200 and served.content == (tmp_path / "cat.wav").read_bytes()
+    assert api(app_url, "GET", hit["audio_url"]).json() == {"error": "No clip with id 1."}  # deleted
     assert answer(results, "/api/count")[0] == {"clips": 4, "by_model": {MODEL: 4}}
     listed = answer(results, "/api/clips?")[0]["clips"]
     assert len(listed) == 4 and {c["name"] for c in listed} >= {"dog.wav", "bird song.wav"}
@@ -183,6 +184,7 @@ def test_private_search_logins_and_uploads_share_the_pages_throttle_and_allowanc
         with open(f, "rb") as fh:
             assert api(url, "POST", "/api/search", files={"file": ("a.wav", fh)}).status_code == 401
         assert count(url, ADMIN) == {"clips": 0, "by_model": {}}
+        assert api(url, "GET", "/api/clips/1/audio").status_code == 401  # a hit's audio too
 
         # uploads: 2 files added + 1 query = the allowance of 3; the next upload, API or page, is refused
         with open(f, "rb") as a, open(g, "rb") as b:
@@ -192,6 +194,7 @@ def test_private_search_logins_and_uploads_share_the_pages_throttle_and_allowanc
         with open(f, "rb") as fh:
             r = api(url, "POST", "/api/search", ADMIN, files={"file": ("a.wav", fh)}, data={"model": MODEL})
         assert r.status_code == 200 and r.json()["hits"][0]["name"] == "a.wav"
+        assert api(url, "GET", r.json()["hits"][0]["audio_url"], ADMIN).content == f.read_bytes()
         with open(f, "rb") as fh:
             r = api(url, "POST", "/api/search", ADMIN, files={"file": ("a.wav", fh)}, data={"model": MODEL})
         assert r.status_code == 429 and "Too many uploads: at most 3 files" in r.json()["error"]
