@@ -8,6 +8,7 @@
     GET    /api/clips/{id}/audio            the clip's stored file (a hit's ``audio_url``)
     GET    /api/count?model=                clips in the library, and per model
     DELETE /api/clips/{id}                  delete a clip from every model and the library
+    DELETE /api/models/{name}?confirm=NAME  drop a model's whole collection (clips left in none go too)
 
 The same rules as the page, from the same objects: with an admin password set, adding and deleting
 need the admin login (HTTP Basic, ``curl -u admin:PASSWORD``), and so does everything with
@@ -349,6 +350,14 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         if not run("Deleting the clip", svc.delete_clip, cid):
             raise ApiError(404, f"No clip with id {cid}.")
         return {"deleted": cid}
+
+    @api.delete("/models/{model}")
+    def drop(model: str, request: Request, confirm: str | None = None):
+        authorize(request, change=True)
+        run("Dropping the collection", get_model, model)
+        if run("Dropping the collection", limits.text, confirm, "confirmation", limits.MAX_CONFIRM) != model:
+            raise ApiError(400, f"Add ?confirm={model} to drop the whole {model} collection.")
+        return {"dropped": model, "vectors": run("Dropping the collection", svc.drop_model, model)}
 
     return api
 

@@ -80,7 +80,9 @@ def test_the_readme_curl_examples_search_add_count_list_and_delete(app_url, tmp_
     noise = np.random.default_rng(1).standard_normal(32000) * 0.01
     write_wav(tmp_path / "query.wav", sound(0) * 0.5 + noise)  # the dog, quieter and noisy
 
-    results = run_commands(readme_commands(), app_url.rstrip("/"), tmp_path)
+    commands = readme_commands()
+    drop = [c for c in commands if "/api/models/" in c]  # run last, after the files are checked
+    results = run_commands([c for c in commands if c not in drop], app_url.rstrip("/"), tmp_path)
 
     models = {m["name"]: m for m in answer(results, "/api/models")[0]}
     assert models[MODEL]["ready"] and models[MODEL]["dim"] == 80
@@ -94,16 +96,18 @@ def test_the_readme_curl_examples_search_add_count_list_and_delete(app_url, tmp_
     assert (hit["label"], hit["tags"], hit["start_s"], hit["end_s"]) == ("animal", ["pets", "indoor"], 0.0, 2.0)
     assert [h["rank"] for h in top5["hits"]] == [1, 2, 3, 4]
     assert {h["name"] for h in filtered["hits"]} == {"dog.wav", "cat.wav"}  # label=animal only
-    cat = next(h for h in filtered["hits"] if h["name"] == "cat.wav")  # (the dog is deleted below)
+    cat = next(h for h in filtered["hits"] if h["name"] == "cat.wav")
     served = httpx.get(app_url.rstrip("/") + cat["audio_url"], timeout=30)
     assert served.status_code == 200 and served.content == (tmp_path / "cat.wav").read_bytes()
-    assert api(app_url, "GET", hit["audio_url"]).json() == {"error": "No clip with id 1."}  # deleted
     assert answer(results, "/api/count")[0] == {"clips": 4, "by_model": {MODEL: 4}}
     listed = answer(results, "/api/clips?")[0]["clips"]
     assert len(listed) == 4 and {c["name"] for c in listed} >= {"dog.wav", "bird song.wav"}
-    assert answer(results, "DELETE")[0] == {"deleted": 1}
+    assert answer(results, "DELETE", "/api/clips/1")[0] == {"deleted": 1}
     assert count(app_url)["clips"] == 3
-    assert 1 not in [c["id"] for c in api(app_url, "GET", "/api/clips").json()["clips"]]
+    assert api(app_url, "GET", hit["audio_url"]).json() == {"error": "No clip with id 1."}  # deleted
+
+    assert answer(run_commands(drop, app_url.rstrip("/"), tmp_path))[0] == {"dropped": MODEL, "vectors": 3}
+    assert count(app_url) == {"clips": 0, "by_model": {}}
 
 
 def test_adding_and_deleting_need_the_admin_login(app_url, tmp_path):
@@ -114,6 +118,8 @@ def test_adding_and_deleting_need_the_admin_login(app_url, tmp_path):
             r = api(app_url, "POST", "/api/clips", auth, files={"files": ("intruder.wav", fh)}, data={"model": MODEL})
         assert r.status_code == 401 and said in r.json()["error"], r.text
         r = api(app_url, "DELETE", "/api/clips/2", auth)
+        assert r.status_code == 401 and said in r.json()["error"], r.text
+        r = api(app_url, "DELETE", f"/api/models/{MODEL}?confirm={MODEL}", auth)
         assert r.status_code == 401 and said in r.json()["error"], r.text
     assert count(app_url) == before
     with open(f, "rb") as fh:  # searching is public, as on the page
@@ -130,7 +136,10 @@ def test_bad_input_is_one_sentence_and_changes_nothing(app_url, tmp_path):
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
     good = write_wav(tmp_path / "good.wav", sound(6))
+    with open(good, "rb") as fh:  # a library with something to lose
+        assert api(app_url, "POST", "/api/clips", ADMIN, files={"files": ("good.wav", fh)}).status_code == 200
     before, listed = count(app_url), api(app_url, "GET", "/api/clips").json()
+    assert before["clips"] >= 1
 
     def post(path, name, fields, field="files", auth=ADMIN):
         with open(tmp_path / name, "rb") as fh:
@@ -148,6 +157,9 @@ def test_bad_input_is_one_sentence_and_changes_nothing(app_url, tmp_path):
         (api(app_url, "POST", "/api/search", data={"model": MODEL}), "Send a multipart form"),
         (api(app_url, "GET", "/api/clips?per_page=0"), "per_page) must be a whole number"),
         (api(app_url, "DELETE", "/api/clips/abc", ADMIN), "The clip id must be a whole number"),
+        (api(app_url, "DELETE", f"/api/models/{MODEL}", ADMIN), f"Add ?confirm={MODEL} to drop"),
+        (api(app_url, "DELETE", f"/api/models/{MODEL}?confirm=aisfx", ADMIN), f"Add ?confirm={MODEL} to drop"),
+        (api(app_url, "DELETE", "/api/models/nope?confirm=nope", ADMIN), "unknown model 'nope'"),
     ]
     for r, said in cases:
         assert r.status_code == 400, (said, r.status_code, r.text)
@@ -156,7 +168,6 @@ def test_bad_input_is_one_sentence_and_changes_nothing(app_url, tmp_path):
     r = api(app_url, "DELETE", "/api/clips/999999", ADMIN)
     assert r.status_code == 404 and r.json() == {"error": "No clip with id 999999."}
     assert count(app_url) == before and api(app_url, "GET", "/api/clips").json() == listed
-    assert good.is_file()  # (used above only as a valid file beside a bad field)
 
 
 def test_a_query_over_the_size_limit_is_refused_before_it_is_read(app_url, tmp_path):
