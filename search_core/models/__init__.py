@@ -24,6 +24,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "panns_cnn6": (".panns", "PannsCNN6"),
     "ecapa_tdnn": (".ecapa", "EcapaTdnn"),
     "yamnet": (".yamnet", "YamnetModel"),
+    "aisfx_yamnet": (".combined", "AisfxYamnet"),
     "mfcc_stats": (".mfcc", "MfccStats"),
 }
 
