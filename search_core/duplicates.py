@@ -10,6 +10,10 @@ SNR keeps its time-frequency pattern (correlation > 0.94); a different take of t
 does not (median 0.43 on ESC-50 takes of one recording). The mark is written when the
 correlation reaches :data:`THRESHOLD`. Embeddings alone cannot make this call: the weight-free
 model scores most pairs of ESC-50 clips above 0.99, and a gain change moves it more than that.
+
+The functions read the stores (``stores.vectors``, ``stores.meta``, ``stores.clip_path``: a
+:class:`~search_core.stores.Stores`, or the service, which offers the same three); the writer
+calls them at ingest and writes the marks.
 """
 from __future__ import annotations
 
