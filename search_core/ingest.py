@@ -33,6 +33,8 @@ BATCH_AUDIO_S = 600.0
 
 
 class Ingest:
+    """Files in, reports out: decodes and embeds here, hands each batch to ``writer``."""
+
     def __init__(self, stores: Stores, writer: Writer):
         self.stores, self.writer = stores, writer
 
