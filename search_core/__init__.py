@@ -4,8 +4,11 @@ Data flows one way::
 
     audio.py (decode, validate, resample)
       -> models/ (embedding models: name, task, rate, dim, batch embed)
-      -> vectors.py (Milvus, one collection per model) + metadata.py (SQL rows, joined by id)
-      -> service.py (ingest, search, delete, count, recover)
+      -> vectors.py (Milvus, one collection per model) + schema.py / leases.py / metadata.py (SQL rows,
+         joined by id), opened together by stores.py
+      -> embedding.py, records.py, duplicates.py, speakers.py
+      -> ingest.py + writer.py (ingest), search.py (search), maintenance.py (delete, recover, check)
+      -> service.py (LibraryService, the one face)
       -> __main__.py (CLI) / app.py (Gradio UI, outside this package)
 """
 import os as _os

@@ -10,21 +10,22 @@ SNR keeps its time-frequency pattern (correlation > 0.94); a different take of t
 does not (median 0.43 on ESC-50 takes of one recording). The mark is written when the
 correlation reaches :data:`THRESHOLD`. Embeddings alone cannot make this call: the weight-free
 model scores most pairs of ESC-50 clips above 0.99, and a gain change moves it more than that.
+
+The functions read the stores (``stores.vectors``, ``stores.meta``, ``stores.clip_path``: a
+:class:`~search_core.stores.Stores`, or the service, which offers the same three); the writer
+calls them at ingest and writes the marks.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import env_unit_float
-from .metadata import ClipRow
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .service import LibraryService
+from .metadata import ClipRow, MetadataStore
+from .stores import Stores
 
 #: Fingerprint-correlation threshold, from ``benchmarks/near_duplicates.py`` on degraded copies
 #: of the 211 ESC-50 clips of ../shared/data (BENCHMARKS.md, "Near-duplicates").
@@ -149,7 +150,7 @@ class Match:
     score: float
 
 
-def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: float,
+def candidates(stores: Stores, model: str, vecs: np.ndarray, duration_s: float,
                exclude_clip: int | None = None, fetch: int = 10, before_clip: int | None = None) -> list[Match]:
     """Indexed clips close to a clip with segment embeddings ``vecs`` (rows), best first.
 
@@ -159,18 +160,18 @@ def candidates(svc: "LibraryService", model: str, vecs: np.ndarray, duration_s: 
     not older than it (a clip is a copy of an earlier one, even within one ingest batch). At most
     :data:`MAX_CANDIDATES`.
     """
-    return candidates_many(svc, model, [(vecs, duration_s, exclude_clip, before_clip)], fetch)[0]
+    return candidates_many(stores, model, [(vecs, duration_s, exclude_clip, before_clip)], fetch)[0]
 
 
-def candidates_many(svc: "LibraryService", model: str,
+def candidates_many(stores: Stores, model: str,
                     queries: list[tuple[np.ndarray, float, int | None, int | None]], fetch: int = 10) -> list[list[Match]]:
     """:func:`candidates` for several clips ``(vecs, duration_s, exclude_clip, before_clip)`` at once:
     one vector search and one metadata query for all of them (an ingest batch)."""
     rows = [np.atleast_2d(np.asarray(q[0], dtype=np.float32)) for q in queries]
     if not rows or sum(len(r) for r in rows) == 0:
         return [[] for _ in queries]
-    raw = svc.vectors.search(model, np.concatenate([r for r in rows if len(r)]), fetch + 8)
-    refs = svc.meta.ready_refs(sorted({h.id for hits in raw for h in hits}))
+    raw = stores.vectors.search(model, np.concatenate([r for r in rows if len(r)]), fetch + 8)
+    refs = stores.meta.ready_refs(sorted({h.id for hits in raw for h in hits}))
     gate = CANDIDATE_GATES.get(model, DEFAULT_GATE)
     out, start = [], 0
     for (_, duration_s, exclude_clip, before_clip), r in zip(queries, rows):
@@ -197,7 +198,7 @@ def candidates_many(svc: "LibraryService", model: str,
     return out
 
 
-def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.ndarray, rate: int,
+def best_match(stores: Stores, model: str, vecs: np.ndarray, samples: np.ndarray, rate: int,
                exclude_clip: int | None = None, before_clip: int | None = None,
                fp: np.ndarray | None = None, cache: FingerprintCache | None = None,
                found: list[Match] | None = None) -> Match | None:
@@ -212,7 +213,7 @@ def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.
     if duration > MAX_FINGERPRINT_S:
         return None
     if found is None:
-        found = candidates(svc, model, vecs, duration, exclude_clip, before_clip=before_clip)
+        found = candidates(stores, model, vecs, duration, exclude_clip, before_clip=before_clip)
     if not found:
         return None
     fp = fingerprint(samples, rate) if fp is None else fp
@@ -221,7 +222,7 @@ def best_match(svc: "LibraryService", model: str, vecs: np.ndarray, samples: np.
         other_fp = cache.get(m.clip) if cache is not None else None
         if other_fp is None:
             try:
-                other = audio_mod.load(svc.clip_path(m.clip), FP_RATE, max_bytes=1 << 62,
+                other = audio_mod.load(stores.clip_path(m.clip), FP_RATE, max_bytes=1 << 62,
                                        max_duration_s=MAX_FINGERPRINT_S * 1.5)
             except (audio_mod.AudioError, OSError):
                 continue  # a stored file that vanished is recover()'s business, not a duplicate
@@ -245,6 +246,18 @@ class DuplicateGroup:
     @property
     def size(self) -> int:
         return 1 + len(self.copies)
+
+
+def groups(meta: MetadataStore, model: str | None = None) -> list[DuplicateGroup]:
+    """Groups of near-duplicate clips (marked at ingest), largest first, per model."""
+    pairs = meta.near_duplicate_pairs(model)
+    clips = meta.clips_by_id({i for a, b, _, _ in pairs for i in (a, b)})
+    out = []
+    for m, found in group_pairs(pairs).items():
+        for root, members in found:
+            if root in clips:
+                out.append(DuplicateGroup(m, clips[root], [(clips[c], sc) for c, sc in members if c in clips]))
+    return sorted(out, key=lambda g: (-g.size, g.model, g.original.id))
 
 
 def group_pairs(pairs: list[tuple[int, int, str, float]]) -> dict[str, list[tuple[int, list[tuple[int, float]]]]]:

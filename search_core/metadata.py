@@ -1,286 +1,33 @@
-"""Metadata store on SQLAlchemy Core: SQLite by default, MySQL/MariaDB through pymysql by URL.
+"""The metadata store's queries on SQLAlchemy Core: SQLite by default, MySQL/MariaDB through
+pymysql by URL. Tables, row types and migration are in :mod:`search_core.schema`; the writers'
+leases in :mod:`search_core.leases`.
 
-Tables:
-
-``clips``
-    one row per distinct audio content (sha256 unique): stored file, original name, duration,
-    rate, channels, label/speaker/source/tags, created time.
-``vectors``
-    one row per embedding (a clip has one per model, or one per segment of a long recording).
-    Its ``id`` is the Milvus primary key. ``status`` makes writes recoverable: a row is
-    ``pending`` before its vector is inserted, ``ready`` after, ``deleting`` while it is removed.
-    Search only ever shows ``ready`` rows. ``owner`` names the writer (a row of ``writers``)
-    whose unfinished work the row is.
-``writers``
-    one row per live process that may write: its owner id and a lease (``expires_at``) that it
-    renews while it runs. Recovery only finishes or rolls back unfinished rows whose owner's
-    lease has expired (or that have no owner): another live process' work is left alone.
-``near_duplicates``
-    clip -> the earlier clip it is a near-duplicate of, per model (marked at ingest; rows go
-    with either clip by ON DELETE CASCADE).
-``speakers``
-    enrolled speakers: name, model, mean embedding (JSON), number of clips.
-
-Only bound parameters reach SQL.
+``clips`` and ``vectors`` make writes recoverable: a vector row is ``pending`` before its vector
+is inserted, ``ready`` after, ``deleting`` while it is removed; search only ever shows ``ready``
+rows. ``near_duplicates`` holds the marks ingest writes, ``speakers`` the enrolled voiceprints.
+Every method is one short transaction; only bound parameters reach SQL.
 """
 from __future__ import annotations
 
-import functools
 import json
-import random
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Iterable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
-from . import limits
-
-PENDING, READY, DELETING = "pending", "ready", "deleting"
-#: :meth:`MetadataStore.begin_ingest`: this content is being written or deleted by another writer.
-BUSY = "busy"
-
-_meta = sa.MetaData()
-_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
-
-clips = sa.Table(
-    "clips", _meta,
-    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
-    sa.Column("stored_name", sa.String(128), nullable=False),
-    sa.Column("original_name", sa.String(512), nullable=False),
-    sa.Column("duration_s", sa.Float, nullable=False),
-    sa.Column("sample_rate", sa.Integer, nullable=False),
-    sa.Column("channels", sa.Integer, nullable=False),
-    sa.Column("label", sa.String(255)),
-    sa.Column("speaker", sa.String(255)),
-    sa.Column("source", sa.String(255)),
-    sa.Column("tags", sa.Text),  # JSON list of strings
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    mysql_charset="utf8mb4",
-)
-
-vectors = sa.Table(
-    "vectors", _meta,
-    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("clip_id", _BigId, sa.ForeignKey("clips.id"), nullable=False),
-    sa.Column("model", sa.String(64), nullable=False),
-    sa.Column("seg", sa.Integer, nullable=False, default=0),
-    sa.Column("start_s", sa.Float, nullable=False),
-    sa.Column("end_s", sa.Float, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("owner", sa.String(64)),  # the writer whose unfinished work this row is (added by _migrate)
-    sa.UniqueConstraint("clip_id", "model", "seg", name="uq_vectors_clip_model_seg"),
-    sa.Index("ix_vectors_model_status", "model", "status"),
-    mysql_charset="utf8mb4",
-)
-
-# Writers' leases: a process renews its row while it lives; recovery acts only on expired owners.
-writers = sa.Table(
-    "writers", _meta,
-    sa.Column("owner", sa.String(64), primary_key=True),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("expires_at", sa.DateTime, nullable=False),
-    mysql_charset="utf8mb4",
-)
-
-# Columns added since the first release, created on databases that predate them.
-_ADDED_COLUMNS = {"vectors": [("owner", "VARCHAR(64)")]}
-
-# One row per clip that ingest found to be a near-duplicate of an earlier clip, per model
-# (the models disagree on what is "near"). Rows go with either clip (ON DELETE CASCADE).
-near_duplicates = sa.Table(
-    "near_duplicates", _meta,
-    sa.Column("clip_id", _BigId, sa.ForeignKey("clips.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("model", sa.String(64), primary_key=True),
-    sa.Column("of_clip_id", _BigId, sa.ForeignKey("clips.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("score", sa.Float, nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Index("ix_near_duplicates_of", "of_clip_id"),
-    mysql_charset="utf8mb4",
-)
-
-# Enrolled speakers: the L2-normalised mean embedding of their enrolment clips, per model.
-speakers = sa.Table(
-    "speakers", _meta,
-    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("model", sa.String(64), nullable=False),
-    sa.Column("embedding", sa.Text, nullable=False),  # JSON list of floats
-    sa.Column("n_clips", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint("name", "model", name="uq_speakers_name_model"),
-    mysql_charset="utf8mb4",
-)
-
-#: Metadata fields search can be restricted by (``tag`` matches one of a clip's tags).
-FILTER_FIELDS = ("label", "speaker", "source", "tag")
+from .leases import LeaseRows, WriterLease, machine_id, pid_alive  # noqa: F401  (re-exported)
+from .schema import (BUSY, DELETING, FILTER_FIELDS, MYSQL_TIMEOUT_S, PENDING, READY, ClipRow,  # noqa: F401
+                     NewClip, VectorRef, _chunks, _meta, clips, create_tables, filter_conditions, make_engine,
+                     near_duplicates, retry_conflicts, speakers, utcnow, vectors, writers)
 
 
-def filter_conditions(filters: dict | None) -> list:
-    """SQL conditions on ``clips`` for ``{"label": .., "speaker": .., "source": .., "tag": ..}``.
-
-    Matching is exact but case-insensitive; empty values are ignored; unknown keys are an error.
-    """
-    conds = []
-    for key, value in (filters or {}).items():
-        if key not in FILTER_FIELDS:
-            raise ValueError(f"unknown filter {key!r}; use one of: {', '.join(FILTER_FIELDS)}")
-        value = limits.text(value, f"{key} filter")
-        if not value:
-            continue
-        value = value.lower()
-        if key == "tag":
-            # tags are a JSON list: match the quoted, JSON-escaped tag as a whole element
-            needle = json.dumps(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            conds.append(sa.func.lower(clips.c.tags).like(f"%{needle}%", escape="\\"))
-        else:
-            conds.append(sa.func.lower(clips.c[key]) == value)
-    return conds
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-@dataclass
-class ClipRow:
-    id: int
-    sha256: str
-    stored_name: str
-    original_name: str
-    duration_s: float
-    sample_rate: int
-    channels: int
-    label: str | None
-    speaker: str | None
-    source: str | None
-    tags: list[str]
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, r) -> "ClipRow":
-        m = r._mapping
-        return cls(id=int(m["id"]), sha256=m["sha256"], stored_name=m["stored_name"],
-                   original_name=m["original_name"], duration_s=float(m["duration_s"]),
-                   sample_rate=int(m["sample_rate"]), channels=int(m["channels"]), label=m["label"],
-                   speaker=m["speaker"], source=m["source"], tags=json.loads(m["tags"] or "[]"),
-                   created_at=m["created_at"])
-
-
-@dataclass
-class NewClip:
-    """What ingest knows about a clip before it has a row."""
-
-    sha256: str
-    stored_name: str
-    original_name: str
-    duration_s: float
-    sample_rate: int
-    channels: int
-    label: str | None = None
-    speaker: str | None = None
-    source: str | None = None
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class VectorRef:
-    """A vector row joined with its clip, as search returns it."""
-
-    vector_id: int
-    model: str
-    seg: int
-    start_s: float
-    end_s: float
-    clip: ClipRow
-
-
-#: Seconds a MySQL connection attempt or a read/write on it may take before the server counts
-#: as unreachable (a stopped server is refused at once; an unreachable host would hang for minutes).
-MYSQL_TIMEOUT_S = 10
-
-
-def make_engine(url: str) -> sa.engine.Engine:
-    """An engine that survives a restarted server (pre-ping), gives up on an unreachable one in
-    seconds, and is safe for threads on SQLite."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
-    args = {}
-    if url.startswith("mysql+pymysql"):
-        args = {"connect_timeout": MYSQL_TIMEOUT_S, "read_timeout": 60, "write_timeout": 60}
-    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600, connect_args=args)
-
-
-def _migrate(engine: sa.engine.Engine) -> None:
-    """Add the columns of :data:`_ADDED_COLUMNS` that a database made by an older release lacks.
-
-    Several processes may start at once: a column another one just added is fine.
-    """
-    for table, cols in _ADDED_COLUMNS.items():
-        have = {c["name"] for c in sa.inspect(engine).get_columns(table)}
-        for name, ddl in cols:
-            if name in have:
-                continue
-            try:
-                with engine.begin() as c:
-                    c.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
-            except sa.exc.DBAPIError:
-                if name not in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
-                    raise
-
-
-#: MySQL rolled the transaction back for a deadlock (1213) or a lock wait timeout (1205) with another
-#: process: it had no effect and may simply run again.
-_CONFLICT_CODES = {1205, 1213}
-
-
-def retry_conflicts(fn):
-    """Run a one-transaction method again, after a short random back-off, when MySQL rolled it back
-    for a conflict with another process' transaction (several writers and recoveries share one
-    database); up to 5 attempts, then the error stands."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        for attempt in range(5):
-            try:
-                return fn(*args, **kwargs)
-            except sa.exc.OperationalError as err:
-                code = (getattr(err.orig, "args", None) or [None])[0]
-                if code not in _CONFLICT_CODES or attempt == 4:
-                    raise
-                time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
-    return wrapper
-
-
-class MetadataStore:
-    """Rows for clips and vectors. Every method is one short transaction."""
+class MetadataStore(LeaseRows):
+    """Rows for clips and vectors (and writers' leases, near-duplicate marks, voiceprints).
+    Every method is one short transaction."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        for attempt in range(3):  # processes starting together on an empty database race to create it
-            try:
-                _meta.create_all(self.engine)
-                break
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as err:
-                if attempt == 2 or "already exists" not in str(err):
-                    raise
-        _migrate(self.engine)
+        create_tables(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -493,10 +240,6 @@ class MetadataStore:
         with self.engine.connect() as c:
             return [(int(i), m, s) for i, m, s in c.execute(q)]
 
-    @staticmethod
-    def _live_lease(owner_col):
-        return sa.exists().where(writers.c.owner == owner_col, writers.c.expires_at > utcnow())
-
     def live_clip_ids(self, owner: str) -> set[int]:
         """Clips with unfinished rows of another writer whose lease is live (recovery leaves them alone)."""
         q = sa.select(vectors.c.clip_id).distinct().where(
@@ -505,37 +248,7 @@ class MetadataStore:
         with self.engine.connect() as c:
             return {int(r[0]) for r in c.execute(q)}
 
-    # -- writers' leases -----------------------------------------------------------------
-    @retry_conflicts
-    def renew_lease(self, owner: str, host: str, pid: int, seconds: float) -> None:
-        """Create or extend ``owner``'s lease to ``seconds`` from now."""
-        expires = utcnow() + timedelta(seconds=float(seconds))
-        with self.engine.begin() as c:
-            n = c.execute(writers.update().where(writers.c.owner == owner).values(expires_at=expires)).rowcount
-            if not n:
-                c.execute(writers.insert().values(owner=owner, host=host[:255], pid=int(pid), expires_at=expires))
-
-    @retry_conflicts
-    def drop_lease(self, owner: str) -> None:
-        with self.engine.begin() as c:
-            c.execute(writers.delete().where(writers.c.owner == owner))
-
-    def leases(self) -> list[tuple[str, str, int]]:
-        """``(owner, host, pid)`` of every writer with a lease row (live or expired)."""
-        with self.engine.connect() as c:
-            return [(o, h, int(p)) for o, h, p in c.execute(sa.select(writers.c.owner, writers.c.host, writers.c.pid))]
-
-    def live_owners(self) -> set[str]:
-        """Owners whose lease has not expired."""
-        with self.engine.connect() as c:
-            return {r[0] for r in c.execute(sa.select(writers.c.owner).where(writers.c.expires_at > utcnow()))}
-
-    @retry_conflicts
-    def drop_expired_leases(self) -> int:
-        """Forget writers whose lease expired (after recovery has handled their rows)."""
-        with self.engine.begin() as c:
-            return int(c.execute(writers.delete().where(writers.c.expires_at <= utcnow())).rowcount or 0)
-
+    # -- recovery reads --------------------------------------------------------------
     def clip_files(self) -> dict[int, str]:
         """``{clip id: stored file name}`` of every clip."""
         with self.engine.connect() as c:
@@ -663,79 +376,3 @@ class MetadataStore:
         with self.engine.begin() as c:
             return int(c.execute(speakers.delete().where(*cond)).rowcount or 0)
 
-
-def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
-    for i in range(0, len(ids), size):
-        yield ids[i:i + size]
-
-
-def machine_id() -> str:
-    """This host and process namespace: processes with the same one can see each other's pids."""
-    import os
-    import socket
-
-    try:
-        ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        ns = ""
-    return f"{socket.gethostname()}/{ns}"[:255]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (in this pid namespace)."""
-    import os
-
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class WriterLease:
-    """This process' lease in the ``writers`` table, renewed by a daemon thread every third of its
-    length, so that other processes' recovery leaves this process' unfinished work alone.
-
-    A renewal that fails (the database is briefly down) is retried at the next beat; if the lease
-    runs out meanwhile, other processes may roll back this one's unfinished rows, which the write
-    path notices (:meth:`MetadataStore.set_status` returns fewer ids).
-    """
-
-    def __init__(self, store: MetadataStore, seconds: float):
-        import os
-        import threading
-        import uuid
-
-        if not seconds > 0:
-            raise ValueError(f"the writer lease must be a positive number of seconds, got {seconds}")
-        self.store, self.seconds = store, float(seconds)
-        self.host, self.pid = machine_id(), os.getpid()
-        self.owner = uuid.uuid4().hex[:16]
-        self._stop = threading.Event()
-        self.renew()
-        self._thread = threading.Thread(target=self._beat, name="writer-lease", daemon=True)
-        self._thread.start()
-
-    def renew(self) -> None:
-        try:
-            self.store.renew_lease(self.owner, self.host, self.pid, self.seconds)
-        except sa.exc.IntegrityError:  # the heartbeat inserted it at the same moment
-            pass
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
-            try:
-                self.renew()
-            except Exception:  # noqa: BLE001 - retried at the next beat; see the class docstring
-                pass
-
-    def close(self) -> None:
-        """Stop renewing and give the lease up (this process' work is finished or rolled back)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self.store.drop_lease(self.owner)
-        except Exception:  # noqa: BLE001 - the lease then simply expires
-            pass

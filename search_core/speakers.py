@@ -11,17 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from . import audio as audio_mod
 from . import limits
-from .config import env_unit_float
+from .config import Settings, env_unit_float
+from .embedding import at_model_rate, segment_params
+from .metadata import MetadataStore
 from .models import get_model
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .service import LibraryService
 
 UNKNOWN = "unknown"
 
@@ -90,11 +89,11 @@ def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
 
 
 class SpeakerRegistry:
-    """Enrol, identify, list and delete speakers; stored in the service's metadata database."""
+    """Enrol, identify, list and delete speakers; voiceprints are kept in the metadata store,
+    clips decoded within ``settings``' bounds."""
 
-    def __init__(self, svc: "LibraryService"):
-        self.svc = svc
-        self.meta = svc.meta
+    def __init__(self, meta: MetadataStore, settings: Settings):
+        self.meta, self.settings = meta, settings
 
     def embed_clip(self, clip: audio_mod.Audio | str | os.PathLike, model: str,
                    max_part_s: float | None = None) -> np.ndarray:
@@ -102,22 +101,9 @@ class SpeakerRegistry:
 
         ``max_part_s``: embed only the clip's first seconds (identify: bounded work per request).
         """
-        from .service import segment_params
-
         m = get_model(model)
         m.load()
-        s = self.svc.settings
-        if isinstance(clip, audio_mod.Audio):
-            clip = clip.first(max_part_s) if max_part_s else clip
-            a = clip if clip.sample_rate == m.info.sample_rate else audio_mod.Audio(
-                audio_mod.resample(clip.samples, clip.sample_rate, m.info.sample_rate), m.info.sample_rate,
-                clip.source_rate, clip.source_channels)
-            name = "clip"
-        else:
-            name = audio_mod.display_name(clip)
-            a = audio_mod.load(clip, m.info.sample_rate, max_bytes=s.max_upload_bytes, max_duration_s=s.max_duration_s,
-                               max_part_s=max_part_s, max_samples=s.max_decode_samples)
-        audio_mod.check_min_duration(a, m.info.min_duration_s, m.info.name, name)
+        a = at_model_rate(clip, m, self.settings, max_part_s, "clip")
         bounds = audio_mod.segment_bounds(len(a.samples), a.sample_rate, *segment_params(m.info))
         return mean_embedding(m.embed([a.samples[b:e] for b, e in bounds]))
 
@@ -159,7 +145,7 @@ class SpeakerRegistry:
         enrolled = self.list(model)
         if not enrolled:
             raise ValueError(f"no speakers are enrolled for model {model}; enrol one first")
-        v = self.embed_clip(clip, model, max_part_s=self.svc.settings.max_query_s)
+        v = self.embed_clip(clip, model, max_part_s=self.settings.max_query_s)
         return decide(v, [(s.name, s.embedding) for s in enrolled], thr, model)
 
 

@@ -1,0 +1,124 @@
+"""Search: a query's embedding against a model's collection, joined with ready metadata rows and
+grouped by clip; metadata filters resolved in SQL, a small filtered subset searched exactly.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from . import audio as audio_mod
+from . import limits
+from .embedding import at_model_rate
+from .metadata import filter_conditions
+from .models import get_model
+from .records import Hit, SearchResult
+from .stores import Stores
+from .vectors import VectorHit
+
+#: A metadata filter matching at most this many vectors is searched exactly: SQL gives the ids,
+#: Milvus their vectors, numpy the cosine. A broader one is applied in the SQL join to hits
+#: over-fetched in proportion to its selectivity. Pushing ``id in [...]`` (or a scalar-field
+#: filter) into Milvus' HNSW search loses matches on sealed segments when the filter is
+#: selective (4 of 10 found at ef 64 in Milvus Lite 2.6); see benchmarks/filter_bench.py.
+FILTER_EXACT_MAX = 4096
+#: Milvus' largest top-k.
+MAX_FETCH = 16_384
+
+
+class Search:
+    """Similarity search over the stores (reads only)."""
+
+    def __init__(self, stores: Stores):
+        self.stores = stores
+
+    def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str) -> tuple[audio_mod.Audio, np.ndarray]:
+        """The query as searched and its embedding.
+
+        Only the first ``Settings.max_query_s`` seconds of a longer query are decoded and embedded
+        (``Audio.is_part`` and ``Audio.source_duration_s`` say so), which bounds the memory and the
+        compute of one search; a query shorter than the model's ``min_duration_s`` is refused.
+        """
+        m = get_model(model)
+        m.load()
+        a = at_model_rate(query, m, self.stores.settings, self.stores.settings.max_query_s, "query")
+        return a, m.embed([a.samples])[0]
+
+    def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
+               filters: dict | None = None, exact_max: int = FILTER_EXACT_MAX) -> SearchResult:
+        """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first.
+
+        Long recordings are indexed as segments; hits from one file are grouped into one result
+        (its best segment first, the others in ``Hit.segments``). ``filters`` restricts the
+        search to clips whose ``label``/``speaker``/``source`` equals, or whose tags contain
+        (``tag``), the given value (case-insensitive; empty values are ignored).
+        """
+        k = limits.top_k(k)
+        filter_conditions(filters)  # unknown filter keys fail before the query is embedded
+        t0 = time.perf_counter()
+        a, vec = self.embed_query(query, model)
+        t1 = time.perf_counter()
+        hits = self.search_vector(vec, model, k, filters=filters, exact_max=exact_max)
+        t2 = time.perf_counter()
+        return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0})
+
+    def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
+                      exclude_clip: int | None = None, exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:
+        """Search with an embedding; joins ready metadata rows and groups segments by clip.
+
+        With ``filters``, SQL resolves which vectors may match. A selective filter (at most
+        ``exact_max`` vectors) is searched exactly over that subset; a broad one is applied in the
+        SQL join to hits over-fetched in proportion to its selectivity. See
+        ``benchmarks/filter_bench.py`` for why this beats a Milvus filter here.
+        """
+        meta, vectors = self.stores.meta, self.stores.vectors
+        filters = {key: v for key, v in (filters or {}).items() if v is not None and str(v).strip()}
+        filter_conditions(filters)
+        post_filters: dict | None = None
+        fetch = int(k) * 3 + 10
+        search = lambda n: vectors.search(model, vec[None, :], n)[0]  # noqa: E731
+        if filters:
+            allowed = meta.filtered_vector_ids(model, filters, limit=exact_max)
+            if not allowed:
+                return []
+            if len(allowed) <= exact_max:
+                search = lambda n: exact_search(vectors.get(model, allowed), vec, n)  # noqa: E731
+            else:
+                post_filters = filters
+                share = meta.count_filtered(model, filters) / max(1, meta.count_vectors(model))
+                fetch = min(MAX_FETCH, int(fetch / max(share, 1e-6) * 1.5))
+        grouped: dict[int, Hit] = {}
+        while True:  # over-fetch until k distinct clips are found (segments of one file share a clip)
+            raw = search(fetch)
+            refs = meta.ready_refs([h.id for h in raw], post_filters)
+            grouped = {}
+            for h in raw:
+                ref = refs.get(h.id)
+                if ref is None:
+                    continue  # not ready (being written or deleted): never shown
+                cid = ref.clip.id
+                if cid == exclude_clip:
+                    continue
+                if cid not in grouped:
+                    grouped[cid] = Hit(0, ref.clip, h.id, h.score, ref.start_s, ref.end_s,
+                                       self.stores.clip_path(ref.clip))
+                grouped[cid].segments.append((ref.start_s, ref.end_s, h.score))
+            if len(grouped) >= k or len(raw) < fetch or fetch >= MAX_FETCH:
+                break
+            fetch = min(fetch * 4, MAX_FETCH)
+        # a clip deleted since the rows were read has lost its file: it drops out, it is never a broken hit
+        hits = [h for h in sorted(grouped.values(), key=lambda h: -h.score) if h.path.is_file()][:k]
+        for r, h in enumerate(hits, 1):
+            h.rank = r
+        return hits
+
+
+def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:
+    """Top-``k`` of ``{id: unit vector}`` by cosine similarity with ``vec``, best first."""
+    if not stored:
+        return []
+    ids = np.fromiter(stored.keys(), dtype=np.int64, count=len(stored))
+    scores = np.stack(list(stored.values())) @ np.asarray(vec, dtype=np.float32)
+    top = np.argsort(-scores, kind="stable")[:int(k)]
+    return [VectorHit(int(ids[i]), float(scores[i])) for i in top]
