@@ -81,7 +81,72 @@ def measure(svc, Q: np.ndarray, level: str, writes: int) -> dict:
             "sees_own_write": f"{seen}/{writes}"}
 
 
-def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int) -> dict:
+def exact_scan(X: np.ndarray, Q: np.ndarray, batch: int = 50) -> dict:
+    """numpy exact top-10 (one matrix product): one query at a time and per query in batches of ``batch``."""
+    from bench_scale import exact_top
+
+    one, _ = time_calls(lambda q: exact_top(X, q[None, :], 10), Q)
+    t0 = time.perf_counter()
+    for s in range(0, len(Q), batch):
+        exact_top(X, Q[s:s + batch], 10)
+    return {"one_query": percentiles(one), "batched_ms_per_query": round((time.perf_counter() - t0) * 1000 / len(Q), 2),
+            "batch": batch}
+
+
+def lite_breakdown(svc, Q: np.ndarray, profile_file: Path | None = None) -> dict:
+    """Where one Milvus Lite search spends its time, layer by layer, on the filled collection.
+
+    ``VectorStore.search`` (has_collection + search over gRPC), pymilvus' ``MilvusClient.search``
+    alone, the engine's ``Collection.search`` called in-process (no gRPC, no client), and its
+    per-segment FAISS searches alone; plus the segment layout and a cProfile of the engine call.
+    """
+    import cProfile
+    import pstats
+    from pymilvus import MilvusClient
+
+    from milvus_lite.server_manager import server_manager_instance as mgr
+    from search_core.vectors import collection_name
+
+    name = collection_name(MODEL)
+    vs = svc.vectors
+    params = {"metric_type": "COSINE", "params": {"ef": vs.search_ef}}
+    raw = MilvusClient(svc.settings.milvus_uri)
+    col = mgr._servers[str(Path(svc.settings.milvus_uri).resolve())][1].get_collection(name)
+    segs = [sg for sg in col._segments_snapshot() if sg.num_rows]
+    layers = {
+        "VectorStore.search": lambda q: vs.search(MODEL, q[None, :], 10),
+        "has_collection": lambda q: raw.has_collection(name),
+        "MilvusClient.search": lambda q: raw.search(name, data=[q], limit=10, search_params=params,
+                                                     output_fields=["id"]),
+        "engine Collection.search": lambda q: col.search([q.tolist()], top_k=10, output_fields=["id"],
+                                                         search_params={"ef": vs.search_ef}),
+        "FAISS per segment": lambda q: [sg.indexes["vector"].search(q[None, :], 10, valid_mask=None,
+                                                                    params={"ef": vs.search_ef}) for sg in segs],
+    }
+    out = {"segments": [int(sg.num_rows) for sg in segs], "indexed": [sorted(sg.indexes) for sg in segs],
+           "layers": {}}
+    for label, fn in layers.items():
+        fn(Q[0])
+        out["layers"][label] = percentiles(time_calls(fn, Q)[0])
+        print("lite", label, out["layers"][label], flush=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for q in Q[:50]:
+        col.search([q.tolist()], top_k=10, output_fields=["id"], search_params={"ef": vs.search_ef})
+    prof.disable()
+    stats = pstats.Stats(prof)
+    total = stats.total_tt
+    rows = sorted(((v[2], f"{k[0].split('site-packages/')[-1]}:{k[1]}({k[2]})") for k, v in stats.stats.items()),
+                  reverse=True)[:8]
+    out["engine_profile_self_time"] = [{"fn": fn, "share": round(t / total, 3)} for t, fn in rows]
+    if profile_file:
+        stats.dump_stats(str(profile_file))
+    raw.close()
+    return out
+
+
+def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int,
+                breakdown: bool = False) -> dict:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
@@ -96,16 +161,20 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
     out: dict = {}
     try:
         svc = LibraryService(settings)
-        have = 0
+        have, parts = 0, []
         for size in sorted(sizes):
             X = clustered(size - have, DIM, size, centres)
+            parts.append(X)
             t0 = time.perf_counter()
             bulk_rows(svc, MODEL, have + 1, len(X))
             svc.vectors.upsert(MODEL, np.arange(have + 1, size + 1), X)
             insert_s = time.perf_counter() - t0
             have = size
             index_s = wait_indexed(svc, size)
-            row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {}}
+            row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {},
+                   "numpy_exact": exact_scan(np.concatenate(parts), Q)}
+            if breakdown and kind == "lite":
+                row["lite_breakdown"] = lite_breakdown(svc, Q)
             for level in LEVELS[kind]:
                 load = os.getloadavg()[0]
                 row["levels"][level] = {**measure(svc, Q, level, writes), "load_avg_1m": round(load, 2)}
@@ -127,6 +196,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--writes", type=int, default=20, help="write-then-search rounds")
     ap.add_argument("--backends", nargs="+", default=["lite", "server"], choices=["lite", "server"])
+    ap.add_argument("--breakdown", action="store_true", help="time Milvus Lite layer by layer (and profile it)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -136,7 +206,7 @@ def main() -> None:
     results = {"dim": DIM, "vectors": "clustered synthetic", "queries": args.queries, "writes": args.writes,
                "index": "HNSW", "backends": {}}
     for kind in args.backends:
-        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes)
+        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown)
         save(f"backends{args.tag}", results)
 
 
