@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 MODEL = "aisfx"  # only its collection name and dimension are used: no model is loaded
 DIM = 512
-LEVELS = {"lite": ["Session"], "server": ["Session", "Strong", "Bounded"]}
+LEVELS = {"lite": ["Session"], "server": ["Session", "Strong", "Bounded"], "local": ["Session"]}
 
 
 def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
@@ -47,7 +47,7 @@ def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
 
     t0 = time.perf_counter()
     name = collection_name(MODEL)
-    if "://" not in svc.settings.milvus_uri:
+    if "://" not in svc.settings.milvus_uri:  # Milvus Lite (local:// is a server)
         lite_flush(svc.settings.milvus_uri, name)
         return time.perf_counter() - t0
     client = svc.vectors.client
@@ -145,6 +145,46 @@ def lite_breakdown(svc, Q: np.ndarray, profile_file: Path | None = None) -> dict
     return out
 
 
+def group_rss_mb(pid: int) -> float:
+    """Resident MB of every process in process group ``pid`` (the launcher and its milvus)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pid:
+                total += int(next(ln for ln in (proc / "status").read_text().splitlines()
+                                  if ln.startswith("VmRSS:")).split()[1])
+        except (OSError, ValueError, StopIteration):
+            continue
+    return round(total / 1024, 1)
+
+
+def local_restart(settings) -> dict:
+    """Stop the app's local server on the filled folder, then time a new process' way back:
+    server start + log replay + every collection answering (``ensure_server``), and the
+    ``LibraryService`` start-up (recovery sweeps every id) on top; the server's resident size."""
+    from search_core import milvus_local
+    from search_core.service import LibraryService
+
+    folder = settings.milvus_uri[len("local://"):]
+    rss_before = group_rss_mb(milvus_local._state(Path(folder))["pid"])
+    milvus_local.release(folder)
+    assert milvus_local.stopped(folder, 120), "the local server did not stop"
+    t0 = time.perf_counter()
+    milvus_local.ensure_server(folder)
+    server_s = time.perf_counter() - t0
+    svc = LibraryService(settings)
+    total_s = time.perf_counter() - t0
+    rss_after = group_rss_mb(milvus_local._state(Path(folder))["pid"])
+    svc.close()
+    out = {"server_ready_s": round(server_s, 1), "service_start_s": round(total_s, 1),
+           "server_rss_mb_filled": rss_before, "server_rss_mb_after_restart": rss_after,
+           "load_avg_1m": round(os.getloadavg()[0], 2)}
+    print("local restart", out, flush=True)
+    milvus_local.release(folder)
+    milvus_local.stopped(folder, 120)
+    return out
+
+
 def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int,
                 breakdown: bool = False) -> dict:
     from search_core.evaluate import temporary_settings
@@ -153,6 +193,8 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-{kind}-")
     settings = temporary_settings(tmp.name)
     server = None
+    if kind == "local":  # the server the app runs itself (MILVUS_URI=local)
+        settings = replace(settings, milvus_uri=f"local://{Path(tmp.name) / 'milvus-server'}")
     if kind == "server":
         from milvus_server import MilvusServer
 
@@ -160,7 +202,9 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
         settings = replace(settings, milvus_uri=server.uri)
     out: dict = {}
     try:
+        t0 = time.perf_counter()
         svc = LibraryService(settings)
+        out["service_start_s"] = round(time.perf_counter() - t0, 1)
         have, parts = 0, []
         for size in sorted(sizes):
             X = clustered(size - have, DIM, size, centres)
@@ -181,6 +225,8 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
                 print(kind, size, level, json.dumps(row["levels"][level]), flush=True)
             out[str(size)] = row
         svc.close()
+        if kind == "local":
+            out["restart"] = local_restart(settings)
     finally:
         if server:
             server.kill()
@@ -195,7 +241,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--writes", type=int, default=20, help="write-then-search rounds")
-    ap.add_argument("--backends", nargs="+", default=["lite", "server"], choices=["lite", "server"])
+    ap.add_argument("--backends", nargs="+", default=["lite", "server", "local"], choices=["lite", "server", "local"])
     ap.add_argument("--breakdown", action="store_true", help="time Milvus Lite layer by layer (and profile it)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()

@@ -43,6 +43,15 @@ def test_milvus_uri_local_means_a_server_in_the_data_folder(tmp_path, monkeypatc
     assert get_settings().milvus_uri == "http://milvus:19530"
 
 
+def test_unset_the_data_folder_says_which_store_holds_the_library(tmp_path, monkeypatch):
+    data = (tmp_path / "d").resolve()
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.delenv("MILVUS_URI", raising=False)
+    assert get_settings().milvus_uri == str(data / "milvus.db")  # a fresh folder: Milvus Lite
+    (data / "milvus-server").mkdir(parents=True)  # the app's server has run on it (make run)
+    assert get_settings().milvus_uri == f"local://{data}/milvus-server"  # the CLI opens the same library
+
+
 def test_without_the_launcher_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MILVUS_SERVER_BIN", str(tmp_path / "no-such-launcher"))
     with pytest.raises(RuntimeError, match=r"make run.*\.venv-milvus"):
