@@ -1,12 +1,16 @@
 """Search latency on Milvus Lite and on a Milvus server, per consistency level, through the product's code.
 
-    python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--tag NAME]
+    python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--backends lite server local]
+                                        [--breakdown] [--tag NAME]
 
 Each back-end gets the same collection of clustered synthetic 512-d unit vectors (the dimension of
 the default sound model ``aisfx``; see bench_scale.py) with one clip row and one ``ready`` vector
-row per vector in SQLite. The Milvus server is PyPI's ``milvus==2.3.5`` standalone, started by the
-tests' harness on free ports (``MILVUS_SERVER_BIN`` or ``.venv-milvus``). After the inserts the
-collection is flushed and the timings start once its index covers every vector.
+row per vector in SQLite. ``server`` is PyPI's ``milvus==2.3.5`` standalone, started by the tests'
+harness on free ports (``MILVUS_SERVER_BIN`` or ``.venv-milvus``); ``local`` is the same server
+started by the product itself (``MILVUS_URI=local``, search_core/milvus_local.py), what ``make run``
+uses. After the inserts the collection is flushed and the timings start once its index covers
+every vector. Beside each size: numpy's exact top-10 over the same vectors (one query at a time,
+and per query in batches of 50).
 
 Timed per size and back-end, p50/p95 over ``--queries`` queries:
 
@@ -17,7 +21,11 @@ Timed per size and back-end, p50/p95 over ``--queries`` queries:
 
 On the server this is done with the product's Session consistency, with Strong (what waiting
 for every write would cost) and with Bounded (Milvus' default, which does not see a process'
-own recent writes). Milvus Lite ignores the level. Results: benchmarks/results/backends<tag>.json.
+own recent writes). Milvus Lite ignores the level. ``--breakdown`` times Milvus Lite layer by
+layer (``VectorStore``, pymilvus, the in-process engine, FAISS alone) and profiles its engine.
+``local`` ends by stopping its server and timing a new start on the filled data (server ready,
+then ``LibraryService`` with its recovery). Results: benchmarks/results/backends<tag>.json and
+benchmarks/backends_latency_vs_size<tag>.png.
 """
 from __future__ import annotations
 
@@ -166,6 +174,15 @@ def local_restart(settings) -> dict:
     from search_core.service import LibraryService
 
     folder = settings.milvus_uri[len("local://"):]
+    # the synthetic clips' audio files (empty): recovery removes a clip whose file is gone
+    settings.library_dir.mkdir(parents=True, exist_ok=True)
+    from search_core.metadata import clips
+
+    svc = LibraryService(settings, recover=False)
+    with svc.meta.engine.connect() as c:
+        for (name,) in c.execute(clips.select().with_only_columns(clips.c.stored_name)):
+            (settings.library_dir / name).touch()
+    svc.close()
     rss_before = group_rss_mb(milvus_local._state(Path(folder))["pid"])
     milvus_local.release(folder)
     assert milvus_local.stopped(folder, 120), "the local server did not stop"
@@ -236,6 +253,38 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
     return out
 
 
+def plot(results: dict, out: Path) -> None:
+    """Search + join p50 (and p95) per back-end against collection size, with numpy's exact scan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = {"lite": "Milvus Lite", "server": "Milvus server", "local": "Milvus server run by the app (local)"}
+    exact = {}
+    for i, (kind, rows) in enumerate(results["backends"].items()):
+        sizes = sorted((int(s) for s in rows if s.isdigit()))
+        for pct, style in (("p50_ms", "-o"), ("p95_ms", "--x")):
+            ax.plot(sizes, [rows[str(n)]["levels"]["Session"]["search_join"][pct] for n in sizes], style,
+                    color=f"C{i}", label=f"{names[kind]}: search + join {pct[:3]}")
+        for n in sizes:
+            exact[n] = rows[str(n)]["numpy_exact"]["one_query"]["p50_ms"]
+    ax.plot(sorted(exact), [exact[n] for n in sorted(exact)], ":s", color="grey", label="numpy exact scan, p50")
+    for target, n in ((10, 100_000), (20, 1_000_000)):
+        ax.plot([n], [target], "v", color="red")
+    ax.plot([], [], "v", color="red", label="targets (search p50 at 100k, 1M)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("vectors in the collection (512-d)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"top-10 search, HNSW M16 ef 256; load avg {results['machine']['load_avg_1m']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -253,7 +302,8 @@ def main() -> None:
                "index": "HNSW", "backends": {}}
     for kind in args.backends:
         results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown)
-        save(f"backends{args.tag}", results)
+        path = save(f"backends{args.tag}", results)
+        plot(json.loads(path.read_text()), REPO / "benchmarks" / f"backends_latency_vs_size{args.tag}.png")
 
 
 if __name__ == "__main__":

@@ -144,10 +144,14 @@ def _etcd_port(etcd_yaml: Path) -> int:
 
 
 def _log_tail(folder: Path, lines: int = 20) -> str:
+    """The end of the launcher's log and the first lines of a Go crash (``panic:``/``fatal error:``),
+    which a goroutine dump pushes far from the end of ``milvus-stderr.log``."""
     out = []
     for p in (folder / "launcher.log", folder / "logs" / "milvus-stderr.log"):
         if p.is_file():
-            out += p.read_text(errors="replace").splitlines()[-lines:]
+            text = p.read_text(errors="replace").splitlines()
+            crash = next((i for i, ln in enumerate(text) if ln.startswith(("panic:", "fatal error:"))), None)
+            out += text[crash:crash + 5] if crash is not None else text[-lines:]
     return "\n".join(out)
 
 
@@ -256,6 +260,8 @@ def release(folder: str | os.PathLike) -> bool:
     if fd is None:
         return False
     try:
+        if not folder.is_dir():  # removed under us (a temporary library): nothing left to stop
+            return False
         fcntl.flock(fd, fcntl.LOCK_UN)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
