@@ -14,7 +14,7 @@ and per query in batches of 50).
 
 Timed per size and back-end, p50/p95 over ``--queries`` queries:
 
-* ``milvus``: ``VectorStore.search`` alone (top 10);
+* ``milvus``: ``VectorStore.search`` alone (top 10), and its recall@10 against numpy's exact top 10;
 * ``search+join``: ``LibraryService.search_vector`` (Milvus search, SQL join, grouping);
 * ``after own write``: a one-vector upsert (a near copy of the query), then the timed search, and
   whether that search found the vector just written (read-your-own-writes).
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO, percentiles, save
-from bench_scale import N_CLUSTERS, bulk_rows, clustered, lite_flush, release_lite, time_calls
+from bench_scale import N_CLUSTERS, bulk_rows, clustered, exact_top, lite_flush, release_lite, time_calls
 
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -69,11 +69,13 @@ def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
     return time.perf_counter() - t0
 
 
-def measure(svc, Q: np.ndarray, level: str, writes: int) -> dict:
+def measure(svc, Q: np.ndarray, level: str, writes: int, truth: np.ndarray) -> dict:
+    from bench_scale import recall
+
     vs = svc.vectors
     vs.READ = level  # the consistency level of every read of this store
     vs.search(MODEL, Q[:1], 10)  # warm-up
-    raw_s, _ = time_calls(lambda q: vs.search(MODEL, q[None, :], 10), Q)
+    raw_s, raw = time_calls(lambda q: [h.id for h in vs.search(MODEL, q[None, :], 10)[0]], Q)
     sv_s, _ = time_calls(lambda q: svc.search_vector(q, MODEL, 10), Q)
     after, seen = [], 0
     rng = np.random.default_rng(7)
@@ -85,14 +87,13 @@ def measure(svc, Q: np.ndarray, level: str, writes: int) -> dict:
         seen += any(h.id == 10**9 + i for h in hits)
     vs.delete(MODEL, [10**9 + i for i in range(writes)])
     vs.search(MODEL, Q[:1], 10)  # the Strong read that follows a delete, not timed
-    return {"milvus": percentiles(raw_s), "search_join": percentiles(sv_s), "after_own_write": percentiles(after),
+    return {"milvus": percentiles(raw_s), "ann_recall_at_10": round(recall(raw, truth), 4),
+            "search_join": percentiles(sv_s), "after_own_write": percentiles(after),
             "sees_own_write": f"{seen}/{writes}"}
 
 
 def exact_scan(X: np.ndarray, Q: np.ndarray, batch: int = 50) -> dict:
     """numpy exact top-10 (one matrix product): one query at a time and per query in batches of ``batch``."""
-    from bench_scale import exact_top
-
     one, _ = time_calls(lambda q: exact_top(X, q[None, :], 10), Q)
     t0 = time.perf_counter()
     for s in range(0, len(Q), batch):
@@ -184,8 +185,9 @@ def local_restart(settings) -> dict:
             (settings.library_dir / name).touch()
     svc.close()
     rss_before = group_rss_mb(milvus_local._state(Path(folder))["pid"])
+    t0 = time.perf_counter()
     milvus_local.release(folder)
-    assert milvus_local.stopped(folder, 120), "the local server did not stop"
+    stop_s = time.perf_counter() - t0 if milvus_local.stopped(folder, 120) else None  # else ensure_server kills it
     t0 = time.perf_counter()
     milvus_local.ensure_server(folder)
     server_s = time.perf_counter() - t0
@@ -193,7 +195,7 @@ def local_restart(settings) -> dict:
     total_s = time.perf_counter() - t0
     rss_after = group_rss_mb(milvus_local._state(Path(folder))["pid"])
     svc.close()
-    out = {"server_ready_s": round(server_s, 1), "service_start_s": round(total_s, 1),
+    out = {"stop_s": stop_s and round(stop_s, 1), "server_ready_s": round(server_s, 1), "service_start_s": round(total_s, 1),
            "server_rss_mb_filled": rss_before, "server_rss_mb_after_restart": rss_after,
            "load_avg_1m": round(os.getloadavg()[0], 2)}
     print("local restart", out, flush=True)
@@ -234,11 +236,12 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
             index_s = wait_indexed(svc, size)
             row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {},
                    "numpy_exact": exact_scan(np.concatenate(parts), Q)}
+            truth = exact_top(np.concatenate(parts), Q, 10)
             if breakdown and kind == "lite":
                 row["lite_breakdown"] = lite_breakdown(svc, Q)
             for level in LEVELS[kind]:
                 load = os.getloadavg()[0]
-                row["levels"][level] = {**measure(svc, Q, level, writes), "load_avg_1m": round(load, 2)}
+                row["levels"][level] = {**measure(svc, Q, level, writes, truth), "load_avg_1m": round(load, 2)}
                 print(kind, size, level, json.dumps(row["levels"][level]), flush=True)
             out[str(size)] = row
         svc.close()
