@@ -33,8 +33,6 @@ import subprocess
 import time
 from pathlib import Path
 
-#: The value of ``MILVUS_URI`` that selects a server run by the app in ``DATA_DIR/milvus-server``.
-LOCAL = "local"
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
 GRACEFUL_STOP_S = 10
