@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make run    set up (virtualenv, pinned requirements, paddlespeech + paddle2onnx --no-deps) and start the app
+#   make run    set up (virtualenv, pinned requirements, paddlespeech + paddle2onnx --no-deps, the Milvus
+#               server's wheel) and start the app
 #   make test   set up (plus test tools, Chromium, MariaDB running, a Milvus server) and run the tests
 PY      ?= python3
 VENV    ?= .venv
@@ -26,8 +27,12 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-run: $(STAMP)
-	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py $(ARGS)
+# the library's vectors go to a Milvus server the app runs from $(MVENV) (search_core/milvus_local.py;
+# BENCHMARKS.md, "Search at scale"), unless MILVUS_URI names a store or the data folder already holds a
+# Milvus Lite library (milvus.db), which stays where it is
+run: $(STAMP) $(MSTAMP)
+	GRADIO_ANALYTICS_ENABLED=False MILVUS_SERVER_BIN=$(abspath $(MVENV))/bin/milvus-server \
+	  MILVUS_URI="$${MILVUS_URI:-$$(test -e "$${DATA_DIR:-data}/milvus.db" || echo local)}" $(BIN)/python app.py $(ARGS)
 
 $(TSTAMP): $(STAMP) tests/requirements.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r tests/requirements.txt

@@ -1,23 +1,31 @@
 """Search latency on Milvus Lite and on a Milvus server, per consistency level, through the product's code.
 
-    python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--tag NAME]
+    python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--backends lite server local]
+                                        [--breakdown] [--tag NAME]
 
 Each back-end gets the same collection of clustered synthetic 512-d unit vectors (the dimension of
 the default sound model ``aisfx``; see bench_scale.py) with one clip row and one ``ready`` vector
-row per vector in SQLite. The Milvus server is PyPI's ``milvus==2.3.5`` standalone, started by the
-tests' harness on free ports (``MILVUS_SERVER_BIN`` or ``.venv-milvus``). After the inserts the
-collection is flushed and the timings start once its index covers every vector.
+row per vector in SQLite. ``server`` is PyPI's ``milvus==2.3.5`` standalone, started by the tests'
+harness on free ports (``MILVUS_SERVER_BIN`` or ``.venv-milvus``); ``local`` is the same server
+started by the product itself (``MILVUS_URI=local``, search_core/milvus_local.py), what ``make run``
+uses. After the inserts the collection is flushed and the timings start once its index covers
+every vector. Beside each size: numpy's exact top-10 over the same vectors (one query at a time,
+and per query in batches of 50).
 
 Timed per size and back-end, p50/p95 over ``--queries`` queries:
 
-* ``milvus``: ``VectorStore.search`` alone (top 10);
+* ``milvus``: ``VectorStore.search`` alone (top 10), and its recall@10 against numpy's exact top 10;
 * ``search+join``: ``LibraryService.search_vector`` (Milvus search, SQL join, grouping);
 * ``after own write``: a one-vector upsert (a near copy of the query), then the timed search, and
   whether that search found the vector just written (read-your-own-writes).
 
 On the server this is done with the product's Session consistency, with Strong (what waiting
 for every write would cost) and with Bounded (Milvus' default, which does not see a process'
-own recent writes). Milvus Lite ignores the level. Results: benchmarks/results/backends<tag>.json.
+own recent writes). Milvus Lite ignores the level. ``--breakdown`` times Milvus Lite layer by
+layer (``VectorStore``, pymilvus, the in-process engine, FAISS alone) and profiles its engine.
+``local`` ends by stopping its server and timing a new start on the filled data (server ready,
+then ``LibraryService`` with its recovery). Results: benchmarks/results/backends<tag>.json and
+benchmarks/backends_latency_vs_size<tag>.png.
 """
 from __future__ import annotations
 
@@ -32,13 +40,13 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO, percentiles, save
-from bench_scale import N_CLUSTERS, bulk_rows, clustered, lite_flush, release_lite, time_calls
+from bench_scale import N_CLUSTERS, bulk_rows, clustered, exact_top, lite_flush, release_lite, time_calls
 
 sys.path.insert(0, str(REPO / "tests"))
 
 MODEL = "aisfx"  # only its collection name and dimension are used: no model is loaded
 DIM = 512
-LEVELS = {"lite": ["Session"], "server": ["Session", "Strong", "Bounded"]}
+LEVELS = {"lite": ["Session"], "server": ["Session", "Strong", "Bounded"], "local": ["Session"]}
 
 
 def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
@@ -47,7 +55,7 @@ def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
 
     t0 = time.perf_counter()
     name = collection_name(MODEL)
-    if "://" not in svc.settings.milvus_uri:
+    if "://" not in svc.settings.milvus_uri:  # Milvus Lite (local:// is a server)
         lite_flush(svc.settings.milvus_uri, name)
         return time.perf_counter() - t0
     client = svc.vectors.client
@@ -61,11 +69,13 @@ def wait_indexed(svc, n: int, timeout_s: float = 1800) -> float:
     return time.perf_counter() - t0
 
 
-def measure(svc, Q: np.ndarray, level: str, writes: int) -> dict:
+def measure(svc, Q: np.ndarray, level: str, writes: int, truth: np.ndarray) -> dict:
+    from bench_scale import recall
+
     vs = svc.vectors
     vs.READ = level  # the consistency level of every read of this store
     vs.search(MODEL, Q[:1], 10)  # warm-up
-    raw_s, _ = time_calls(lambda q: vs.search(MODEL, q[None, :], 10), Q)
+    raw_s, raw = time_calls(lambda q: [h.id for h in vs.search(MODEL, q[None, :], 10)[0]], Q)
     sv_s, _ = time_calls(lambda q: svc.search_vector(q, MODEL, 10), Q)
     after, seen = [], 0
     rng = np.random.default_rng(7)
@@ -77,17 +87,133 @@ def measure(svc, Q: np.ndarray, level: str, writes: int) -> dict:
         seen += any(h.id == 10**9 + i for h in hits)
     vs.delete(MODEL, [10**9 + i for i in range(writes)])
     vs.search(MODEL, Q[:1], 10)  # the Strong read that follows a delete, not timed
-    return {"milvus": percentiles(raw_s), "search_join": percentiles(sv_s), "after_own_write": percentiles(after),
+    return {"milvus": percentiles(raw_s), "ann_recall_at_10": round(recall(raw, truth), 4),
+            "search_join": percentiles(sv_s), "after_own_write": percentiles(after),
             "sees_own_write": f"{seen}/{writes}"}
 
 
-def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int) -> dict:
+def exact_scan(X: np.ndarray, Q: np.ndarray, batch: int = 50) -> dict:
+    """numpy exact top-10 (one matrix product): one query at a time and per query in batches of ``batch``."""
+    one, _ = time_calls(lambda q: exact_top(X, q[None, :], 10), Q)
+    t0 = time.perf_counter()
+    for s in range(0, len(Q), batch):
+        exact_top(X, Q[s:s + batch], 10)
+    return {"one_query": percentiles(one), "batched_ms_per_query": round((time.perf_counter() - t0) * 1000 / len(Q), 2),
+            "batch": batch}
+
+
+def lite_breakdown(svc, Q: np.ndarray, profile_file: Path | None = None) -> dict:
+    """Where one Milvus Lite search spends its time, layer by layer, on the filled collection.
+
+    ``VectorStore.search`` (has_collection + search over gRPC), pymilvus' ``MilvusClient.search``
+    alone, the engine's ``Collection.search`` called in-process (no gRPC, no client), and its
+    per-segment FAISS searches alone; plus the segment layout and a cProfile of the engine call.
+    """
+    import cProfile
+    import pstats
+    from pymilvus import MilvusClient
+
+    from milvus_lite.server_manager import server_manager_instance as mgr
+    from search_core.vectors import collection_name
+
+    name = collection_name(MODEL)
+    vs = svc.vectors
+    params = {"metric_type": "COSINE", "params": {"ef": vs.search_ef}}
+    raw = MilvusClient(svc.settings.milvus_uri)
+    col = mgr._servers[str(Path(svc.settings.milvus_uri).resolve())][1].get_collection(name)
+    segs = [sg for sg in col._segments_snapshot() if sg.num_rows]
+    layers = {
+        "VectorStore.search": lambda q: vs.search(MODEL, q[None, :], 10),
+        "has_collection": lambda q: raw.has_collection(name),
+        "MilvusClient.search": lambda q: raw.search(name, data=[q], limit=10, search_params=params,
+                                                     output_fields=["id"]),
+        "engine Collection.search": lambda q: col.search([q.tolist()], top_k=10, output_fields=["id"],
+                                                         search_params={"ef": vs.search_ef}),
+        "FAISS per segment": lambda q: [sg.indexes["vector"].search(q[None, :], 10, valid_mask=None,
+                                                                    params={"ef": vs.search_ef}) for sg in segs],
+    }
+    out = {"segments": [int(sg.num_rows) for sg in segs], "indexed": [sorted(sg.indexes) for sg in segs],
+           "layers": {}}
+    for label, fn in layers.items():
+        fn(Q[0])
+        out["layers"][label] = percentiles(time_calls(fn, Q)[0])
+        print("lite", label, out["layers"][label], flush=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for q in Q[:50]:
+        col.search([q.tolist()], top_k=10, output_fields=["id"], search_params={"ef": vs.search_ef})
+    prof.disable()
+    stats = pstats.Stats(prof)
+    total = stats.total_tt
+    rows = sorted(((v[2], f"{k[0].split('site-packages/')[-1]}:{k[1]}({k[2]})") for k, v in stats.stats.items()),
+                  reverse=True)[:8]
+    out["engine_profile_self_time"] = [{"fn": fn, "share": round(t / total, 3)} for t, fn in rows]
+    if profile_file:
+        stats.dump_stats(str(profile_file))
+    raw.close()
+    return out
+
+
+def group_rss_mb(pid: int) -> float:
+    """Resident MB of every process in process group ``pid`` (the launcher and its milvus)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pid:
+                total += int(next(ln for ln in (proc / "status").read_text().splitlines()
+                                  if ln.startswith("VmRSS:")).split()[1])
+        except (OSError, ValueError, StopIteration):
+            continue
+    return round(total / 1024, 1)
+
+
+def local_restart(settings) -> dict:
+    """Stop the app's local server on the filled folder, then time a new process' way back:
+    server start + log replay + every collection answering (``ensure_server``), and the
+    ``LibraryService`` start-up (recovery sweeps every id) on top; the server's resident size."""
+    from search_core import milvus_local
+    from search_core.service import LibraryService
+
+    folder = settings.milvus_uri[len("local://"):]
+    # the synthetic clips' audio files (empty): recovery removes a clip whose file is gone
+    settings.library_dir.mkdir(parents=True, exist_ok=True)
+    from search_core.metadata import clips
+
+    svc = LibraryService(settings, recover=False)
+    with svc.meta.engine.connect() as c:
+        for (name,) in c.execute(clips.select().with_only_columns(clips.c.stored_name)):
+            (settings.library_dir / name).touch()
+    svc.close()
+    rss_before = group_rss_mb(milvus_local._state(Path(folder))["pid"])
+    t0 = time.perf_counter()
+    milvus_local.release(folder)
+    stop_s = time.perf_counter() - t0 if milvus_local.stopped(folder, 120) else None  # else ensure_server kills it
+    t0 = time.perf_counter()
+    milvus_local.ensure_server(folder)
+    server_s = time.perf_counter() - t0
+    svc = LibraryService(settings)
+    total_s = time.perf_counter() - t0
+    rss_after = group_rss_mb(milvus_local._state(Path(folder))["pid"])
+    svc.close()
+    out = {"stop_s": stop_s and round(stop_s, 1), "server_ready_s": round(server_s, 1), "service_start_s": round(total_s, 1),
+           "server_rss_mb_filled": rss_before, "server_rss_mb_after_restart": rss_after,
+           "load_avg_1m": round(os.getloadavg()[0], 2)}
+    print("local restart", out, flush=True)
+    milvus_local.release(folder)
+    milvus_local.stopped(folder, 120)
+    return out
+
+
+def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int,
+                breakdown: bool = False) -> dict:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-{kind}-")
     settings = temporary_settings(tmp.name)
     server = None
+    if kind == "local":  # the server the app runs itself (MILVUS_URI=local)
+        settings = replace(settings, milvus_uri=f"local://{Path(tmp.name) / 'milvus-server'}")
     if kind == "server":
         from milvus_server import MilvusServer
 
@@ -95,23 +221,32 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
         settings = replace(settings, milvus_uri=server.uri)
     out: dict = {}
     try:
+        t0 = time.perf_counter()
         svc = LibraryService(settings)
-        have = 0
+        out["service_start_s"] = round(time.perf_counter() - t0, 1)
+        have, parts = 0, []
         for size in sorted(sizes):
             X = clustered(size - have, DIM, size, centres)
+            parts.append(X)
             t0 = time.perf_counter()
             bulk_rows(svc, MODEL, have + 1, len(X))
             svc.vectors.upsert(MODEL, np.arange(have + 1, size + 1), X)
             insert_s = time.perf_counter() - t0
             have = size
             index_s = wait_indexed(svc, size)
-            row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {}}
+            row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {},
+                   "numpy_exact": exact_scan(np.concatenate(parts), Q)}
+            truth = exact_top(np.concatenate(parts), Q, 10)
+            if breakdown and kind == "lite":
+                row["lite_breakdown"] = lite_breakdown(svc, Q)
             for level in LEVELS[kind]:
                 load = os.getloadavg()[0]
-                row["levels"][level] = {**measure(svc, Q, level, writes), "load_avg_1m": round(load, 2)}
+                row["levels"][level] = {**measure(svc, Q, level, writes, truth), "load_avg_1m": round(load, 2)}
                 print(kind, size, level, json.dumps(row["levels"][level]), flush=True)
             out[str(size)] = row
         svc.close()
+        if kind == "local":
+            out["restart"] = local_restart(settings)
     finally:
         if server:
             server.kill()
@@ -121,12 +256,45 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
     return out
 
 
+def plot(results: dict, out: Path) -> None:
+    """Search + join p50 (and p95) per back-end against collection size, with numpy's exact scan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = {"lite": "Milvus Lite", "server": "Milvus server", "local": "Milvus server run by the app (local)"}
+    exact = {}
+    for i, (kind, rows) in enumerate(results["backends"].items()):
+        sizes = sorted((int(s) for s in rows if s.isdigit()))
+        for pct, style in (("p50_ms", "-o"), ("p95_ms", "--x")):
+            ax.plot(sizes, [rows[str(n)]["levels"]["Session"]["search_join"][pct] for n in sizes], style,
+                    color=f"C{i}", label=f"{names[kind]}: search + join {pct[:3]}")
+        for n in sizes:
+            exact[n] = rows[str(n)]["numpy_exact"]["one_query"]["p50_ms"]
+    ax.plot(sorted(exact), [exact[n] for n in sorted(exact)], ":s", color="grey", label="numpy exact scan, p50")
+    for target, n in ((10, 100_000), (20, 1_000_000)):
+        ax.plot([n], [target], "v", color="red")
+    ax.plot([], [], "v", color="red", label="targets (search p50 at 100k, 1M)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("vectors in the collection (512-d)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"top-10 search, HNSW M16 ef 256; load avg {results['machine']['load_avg_1m']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--writes", type=int, default=20, help="write-then-search rounds")
-    ap.add_argument("--backends", nargs="+", default=["lite", "server"], choices=["lite", "server"])
+    ap.add_argument("--backends", nargs="+", default=["lite", "server", "local"], choices=["lite", "server", "local"])
+    ap.add_argument("--breakdown", action="store_true", help="time Milvus Lite layer by layer (and profile it)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -136,8 +304,9 @@ def main() -> None:
     results = {"dim": DIM, "vectors": "clustered synthetic", "queries": args.queries, "writes": args.writes,
                "index": "HNSW", "backends": {}}
     for kind in args.backends:
-        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes)
-        save(f"backends{args.tag}", results)
+        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown)
+        path = save(f"backends{args.tag}", results)
+        plot(json.loads(path.read_text()), REPO / "benchmarks" / f"backends_latency_vs_size{args.tag}.png")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,21 @@ def env_unit_float(name: str, what: str) -> float | None:
     return value
 
 
+def milvus_uri(value: str, data_dir: Path) -> str:
+    """``MILVUS_URI`` as the vector store takes it: ``local`` (any case) names a Milvus server run by
+    the app with its data in ``DATA_DIR/milvus-server`` (``search_core/milvus_local.py``), written
+    ``local://<folder>``; anything else (a Milvus Lite file, ``http://host:19530``) is kept.
+
+    Unset (empty ``value``), the data folder says which store holds its library: the app's server
+    when ``DATA_DIR/milvus-server`` exists (so the CLI opens the library ``make run`` filled), else
+    the Milvus Lite file ``DATA_DIR/milvus.db``."""
+    if not value:
+        value = "local" if (data_dir / "milvus-server").is_dir() else str(data_dir / "milvus.db")
+    if value.lower() == "local":
+        return f"local://{data_dir / 'milvus-server'}"
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """All knobs of the engine. Build with :func:`get_settings` (reads the environment)."""
@@ -78,8 +93,9 @@ class Settings:
 def get_settings() -> Settings:
     """Read the settings from the environment.
 
-    ``DATA_DIR`` (default ``./data``) holds the embedded stores; ``MILVUS_URI`` defaults to a
-    Milvus Lite file in it, ``DATABASE_URL`` to a SQLite file in it, ``LIBRARY_DIR`` (where
+    ``DATA_DIR`` (default ``./data``) holds the embedded stores; ``MILVUS_URI`` defaults to the
+    store the folder holds (:func:`milvus_uri`: the app's own Milvus server in ``DATA_DIR/milvus-server``,
+    which ``MILVUS_URI=local`` selects and ``make run`` starts, or a Milvus Lite file), ``DATABASE_URL`` to a SQLite file in it, ``LIBRARY_DIR`` (where
     ingested audio is copied, named by content hash) to ``DATA_DIR/library`` and ``WEIGHTS_DIR``
     (model weights) to ``DATA_DIR/weights``. ``WRITER_LEASE_S`` (default 60) is how long a
     writer's unfinished work is left alone by other processes' recovery after its last heartbeat,
@@ -89,7 +105,7 @@ def get_settings() -> Settings:
     data_dir = Path(_env("DATA_DIR", "data")).resolve()
     return Settings(
         data_dir=data_dir,
-        milvus_uri=_env("MILVUS_URI", str(data_dir / "milvus.db")),
+        milvus_uri=milvus_uri(_env("MILVUS_URI", ""), data_dir),
         database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'metadata.sqlite'}"),
         library_dir=Path(_env("LIBRARY_DIR", str(data_dir / "library"))).resolve(),
         weights_dir=Path(_env("WEIGHTS_DIR", str(data_dir / "weights"))).resolve(),

@@ -2,8 +2,9 @@
 
 One collection per model (their dimensions differ), named ``audio_<model>``. The primary key
 is an explicit int64 equal to the metadata ``vectors.id``; vectors are L2-normalised and
-compared with COSINE. The same code talks to Milvus Lite (a local file URI, the default) and
-to a Milvus standalone/cluster (``http://host:19530``).
+compared with COSINE. The same code talks to Milvus Lite (a local file URI, the default), to a
+Milvus standalone server the app runs itself (``local://<folder>``, search_core/milvus_local.py)
+and to a Milvus standalone/cluster (``http://host:19530``).
 
 Consistency. A Milvus server makes a write visible to searches only once its query nodes have
 consumed it (timeticks every 200 ms); its default, Bounded, lets a process search without
@@ -35,6 +36,8 @@ import numpy as np
 # id sweep although the client-side fallback is what we want.
 logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
 
+#: ``local://<folder>``: a Milvus server run by the app with its data in ``folder`` (milvus_local.py).
+LOCAL_SCHEME = "local://"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 #: Build parameters per index type; search parameters are derived from them in :meth:`search`.
@@ -121,7 +124,12 @@ class VectorStore:
         self.index_type = index_type
         self.search_ef = search_ef
         self.nprobe = nprobe
-        self.client = _Client(MilvusClient(uri, timeout=timeout), timeout)
+        address = uri
+        if uri.startswith(LOCAL_SCHEME):  # a server this app runs for its data folder
+            from search_core.milvus_local import ensure_server
+
+            address = ensure_server(uri[len(LOCAL_SCHEME):])
+        self.client = _Client(MilvusClient(address, timeout=timeout), timeout)
         self._ready: dict[str, int] = {}
         self._deleted: dict[str, float] = {}  # collection -> when this process last deleted from it
         self._lock = threading.Lock()

@@ -1,0 +1,97 @@
+"""MILVUS_URI=local: a Milvus server the app runs for its data folder (search_core/milvus_local.py).
+
+Shared by the processes that use the folder, stopped by the last one to leave, and its data is
+there again after a restart. Needs the launcher ``make test`` installs (MILVUS_SERVER_BIN).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_core import milvus_local
+from search_core.config import get_settings
+from search_core.vectors import VectorStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+ATTACH = """
+import sys
+from search_core.vectors import VectorStore
+print(VectorStore(sys.argv[1]).count("clips"))
+"""
+
+
+def _unit(n: int, dim: int = 8) -> np.ndarray:
+    x = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _server_pid(folder: Path) -> int:
+    return milvus_local._state(folder.resolve())["pid"]
+
+
+def test_milvus_uri_local_means_a_server_in_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("MILVUS_URI", "local")
+    assert get_settings().milvus_uri == f"local://{(tmp_path / 'd').resolve()}/milvus-server"
+    monkeypatch.setenv("MILVUS_URI", "http://milvus:19530")
+    assert get_settings().milvus_uri == "http://milvus:19530"
+
+
+def test_unset_the_data_folder_says_which_store_holds_the_library(tmp_path, monkeypatch):
+    data = (tmp_path / "d").resolve()
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.delenv("MILVUS_URI", raising=False)
+    assert get_settings().milvus_uri == str(data / "milvus.db")  # a fresh folder: Milvus Lite
+    (data / "milvus-server").mkdir(parents=True)  # the app's server has run on it (make run)
+    assert get_settings().milvus_uri == f"local://{data}/milvus-server"  # the CLI opens the same library
+
+
+def test_without_the_launcher_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILVUS_SERVER_BIN", str(tmp_path / "no-such-launcher"))
+    with pytest.raises(RuntimeError, match=r"make run.*\.venv-milvus"):
+        VectorStore(f"local://{tmp_path / 'srv'}")
+    assert not (tmp_path / "srv" / "server.json").exists()
+    milvus_local.release(tmp_path / "srv")
+
+
+def test_the_server_is_shared_stopped_by_its_last_user_and_keeps_the_data(tmp_path):
+    if not os.environ.get("MILVUS_SERVER_BIN") and not (REPO / ".venv-milvus" / "bin" / "milvus-server").is_file():
+        pytest.fail("the Milvus server launcher is not installed: run `make test` or set MILVUS_SERVER_BIN")
+    folder = tmp_path / "milvus-server"
+    uri = f"local://{folder}"
+    vs = VectorStore(uri)
+    try:
+        X = _unit(3)
+        vs.upsert("clips", [1, 2, 3], X)
+        assert [h.id for h in vs.search("clips", X[1:2], 1)[0]] == [2]
+        pid = _server_pid(folder)
+
+        # a second process attaches to the same server (no second one) and sees the vectors;
+        # leaving, it does not stop the server this process still uses
+        out = subprocess.run([sys.executable, "-c", ATTACH, uri], cwd=REPO, capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split()[-1] == "3"
+        assert _server_pid(folder) == pid
+        assert milvus_local._alive(pid, folder.resolve())
+        assert vs.count("clips") == 3
+    finally:
+        vs.close()
+    assert milvus_local.release(folder)  # the last user leaves: the server is asked to stop
+    assert milvus_local.stopped(folder, timeout_s=120)
+
+    again = VectorStore(uri)  # a new server on the same folder, after its log replay
+    try:
+        assert _server_pid(folder) != pid
+        assert again.count("clips") == 3
+        assert [h.id for h in again.search("clips", _unit(3)[0:1], 1)[0]] == [1]
+    finally:
+        again.close()
+        milvus_local.release(folder)
+        milvus_local.stopped(folder, timeout_s=120)
