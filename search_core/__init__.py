@@ -27,4 +27,14 @@ if "OPENBLAS_NUM_THREADS" not in _os.environ:
         from threadpoolctl import threadpool_limits as _limits
         _limits(1, user_api="blas")
 
+# pymilvus reads MILVUS_URI when it is imported, as the address of its own default connection, and
+# refuses to import unless it is http(s)://host: ours may be a Milvus Lite file or ``local``
+# (config.milvus_uri). pymilvus is imported here, with the variable hidden from it, before anyone else.
+if "pymilvus" not in _sys.modules and "MILVUS_URI" in _os.environ:
+    _uri = _os.environ.pop("MILVUS_URI")
+    try:
+        import pymilvus as _pymilvus  # noqa: F401
+    finally:
+        _os.environ["MILVUS_URI"] = _uri
+
 __version__ = "0.1.0"
