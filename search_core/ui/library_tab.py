@@ -1,0 +1,161 @@
+"""The Library tab: add files or a server folder, counts per model, a browsable list, delete, drop."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from search_core import limits
+from search_core.service import LibraryService
+
+from .admin import Gate, login_box
+from .errors import FRIENDLY_ERRORS, explained, public_message
+from .page import AUDIO_TYPES, IMPORT_QUEUE
+
+PAGE_ROWS = 50
+
+
+def report_md(rep) -> str:
+    """An ingest report: the summary, then each rejected file and why (at most 50 lines)."""
+    lines = [f"**{rep.summary()}**"]
+    for item in rep.errors[:50]:
+        lines.append(f"- ⚠ {html.escape(public_message(item.message))}")
+    if len(rep.errors) > 50:
+        lines.append(f"- … and {len(rep.errors) - 50} more")
+    if rep.errors:
+        gr.Warning(f"{len(rep.errors)} file(s) rejected; see the list under the upload box.")
+    return "\n".join(lines)
+
+
+def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
+    """The tab's event handlers, each one ``svc`` call (and the refreshed counts and list)."""
+    require_admin = gate.require_admin
+
+    def do_ingest(files, model, label, speaker, tags, state, request: gr.Request,
+                  progress=gr.Progress(track_tqdm=True)):
+        require_admin(state, request)
+        if not files:
+            raise gr.Error("Choose one or more audio files first.")
+        paths = [f if isinstance(f, str) else f.name for f in files]
+        progress(0, desc="loading model")
+        meta = limits.clip_metadata({"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")})
+        rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
+                               progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+        return report_md(rep), counts_md(), browse_rows(model, "")
+
+    def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+        require_admin(state, request)
+        if not folder or not folder.strip():
+            raise gr.Error("Type a folder path on the server.")
+        try:
+            folder = limits.folder(folder)
+            manifest = Path(folder) / "manifest.csv"
+            rep = svc.ingest_folder(folder, model, manifest=manifest if manifest.is_file() else None,
+                                    progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+        except FRIENDLY_ERRORS as err:
+            raise gr.Error(str(err))  # the admin typed this path: show it whole
+        return report_md(rep), counts_md(), browse_rows(model, "")
+
+    def counts_md() -> str:
+        counts = svc.counts()
+        if not counts:
+            return "The library is empty: add audio files below (or import a folder) and they can be searched."
+        return "Clips indexed: " + " · ".join(f"**{m}**: {n}" for m, n in sorted(counts.items()))
+
+    def browse_rows(model, query, page=1):
+        try:
+            rows = svc.list_clips(model or None, query or "", (limits.page(page) - 1) * PAGE_ROWS, PAGE_ROWS)
+        except ValueError as err:
+            raise gr.Error(public_message(err))
+        return [[c.id, c.original_name, round(c.duration_s, 2), c.created_at.strftime("%Y-%m-%d %H:%M"),
+                 c.label or "", c.speaker or "", ", ".join(models)] for c, models in rows]
+
+    def do_delete(clip_id, model, query, state, request: gr.Request):
+        require_admin(state, request)
+        if clip_id is None:
+            raise gr.Error("Enter the id of the clip to delete.")
+        try:
+            clip_id = limits.clip_id(clip_id)
+            deleted = svc.delete_clip(clip_id)
+        except ValueError as err:
+            raise gr.Error(public_message(err))
+        if not deleted:
+            raise gr.Error(f"No clip with id {clip_id}.")
+        gr.Info(f"Deleted clip {clip_id}.")
+        return counts_md(), browse_rows(model, query)
+
+    def do_drop(model, confirm, state, request: gr.Request):
+        require_admin(state, request)
+        try:
+            confirm = limits.text(confirm, "confirmation", limits.MAX_CONFIRM) or ""
+        except ValueError as err:
+            raise gr.Error(public_message(err))
+        if confirm != model:
+            raise gr.Error(f"Type the model name '{model}' in the confirmation box to drop its collection.")
+        n = svc.drop_model(model)
+        gr.Info(f"Dropped {model}: {n} vectors.")
+        return counts_md(), browse_rows("", ""), ""
+
+    # every handler: expected errors become their message, an unexpected exception a sentence (see explained)
+    do_ingest = explained(do_ingest, "Adding the files")
+    do_import_folder = explained(do_import_folder, "Importing the folder")
+    counts_md = explained(counts_md, "Counting the library")
+    browse_rows = explained(browse_rows, "Listing the library")
+    do_delete = explained(do_delete, "Deleting the clip")
+    do_drop = explained(do_drop, "Dropping the collection")
+    return SimpleNamespace(ingest=do_ingest, import_folder=do_import_folder, counts_md=counts_md,
+                           browse_rows=browse_rows, delete=do_delete, drop=do_drop)
+
+
+def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choices, default_model) -> SimpleNamespace:
+    """Build the tab (inside ``gr.Blocks``); returns its counts, model menus, the counting
+    handler (run on page load) and the events that change the library."""
+    h = library_handlers(svc, gate)
+    with gr.Tab("Library", id="library"):
+        counts = gr.Markdown(h.counts_md, elem_id="library-counts")  # fresh on every page load
+        login_box(gate.access, throttle, state)
+        lib_model = gr.Dropdown(choices=choices, value=default_model, label="Model to index with",
+                                elem_id="library-model")
+        with gr.Row():
+            label_in = gr.Textbox(label="Label (optional)")
+            speaker_in = gr.Textbox(label="Speaker (optional)")
+            tags_in = gr.Textbox(label="Tags, comma-separated (optional)")
+        files = gr.File(file_count="multiple", label="Audio files (wav, flac, mp3, ogg, m4a …)",
+                        file_types=AUDIO_TYPES, elem_id="library-files")
+        add_btn = gr.Button("Add to library", variant="primary", elem_id="add-button")
+        with gr.Accordion("Import a folder on the server (admin)", open=False):
+            folder = gr.Textbox(label="Folder path on the server (a manifest.csv in it is used for labels)")
+            folder_btn = gr.Button("Import folder")
+        report = gr.Markdown(elem_id="ingest-report")
+        gr.Markdown("### Browse")
+        with gr.Row():
+            browse_q = gr.Textbox(label="Filter by name, label, speaker or source", scale=3)
+            page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
+            refresh = gr.Button("Refresh", scale=1)
+        grid = gr.Dataframe(headers=["id", "name", "duration (s)", "added", "label", "speaker", "models"],
+                            value=lambda: h.browse_rows(default_model, ""), interactive=False,
+                            elem_id="library-table")
+        with gr.Row():
+            del_id = gr.Number(label="Clip id to delete", precision=0, elem_id="delete-id")
+            del_btn = gr.Button("Delete clip", variant="stop", elem_id="delete-button")
+        with gr.Accordion("Drop a model's whole collection", open=False):
+            drop_model = gr.Dropdown(choices=choices, value=default_model, label="Model")
+            confirm = gr.Textbox(label="Type the model name to confirm")
+            drop_btn = gr.Button("Drop collection", variant="stop")
+
+        ingested = add_btn.click(h.ingest, [files, lib_model, label_in, speaker_in, tags_in, state],
+                                 [report, counts, grid], api_name="ingest", show_progress_on=[report],
+                                 **IMPORT_QUEUE)
+        imported = folder_btn.click(h.import_folder, [folder, lib_model, state], [report, counts, grid],
+                                    api_name="import_folder", show_progress_on=[report], **IMPORT_QUEUE)
+        for trigger in (refresh.click, browse_q.submit, lib_model.change, page.change):
+            trigger(h.browse_rows, [lib_model, browse_q, page], [grid], api_name=False, show_progress="minimal")
+        deleted = del_btn.click(h.delete, [del_id, lib_model, browse_q, state], [counts, grid],
+                                api_name="delete", show_progress="hidden")
+        dropped = drop_btn.click(h.drop, [drop_model, confirm, state], [counts, grid, confirm],
+                                 api_name="drop", show_progress="hidden")
+        gr.Button("Count", visible=False).click(h.counts_md, None, [counts], api_name="count")
+    return SimpleNamespace(counts=counts, counts_md=h.counts_md, menus=[lib_model, drop_model],
+                           ingested=ingested, imported=imported, deleted=deleted, dropped=dropped)
