@@ -12,7 +12,7 @@ from search_core.service import LibraryService
 
 from .admin import Gate, login_box
 from .errors import FRIENDLY_ERRORS, explained, public_message
-from .page import AUDIO_TYPES, IMPORT_QUEUE
+from .page import AUDIO_TYPES, IMPORT_QUEUE, QUIET
 
 PAGE_ROWS = 50
 
@@ -27,6 +27,25 @@ def report_md(rep) -> str:
     if rep.errors:
         gr.Warning(f"{len(rep.errors)} file(s) rejected; see the list under the upload box.")
     return "\n".join(lines)
+
+
+NOTHING_PICKED = "To delete a clip, pick it in the list above."
+
+
+def pick_clip(evt: gr.SelectData):
+    """A row picked in the list becomes the clip to delete: its id, its name, the question to confirm."""
+    row = evt.row_value or []
+    if len(row) < 2 or row[0] in (None, ""):
+        return unpicked()
+    clip_id, name = int(row[0]), html.escape(str(row[1]))
+    return (clip_id, f"Picked **{name}** (id {clip_id}).", gr.update(interactive=True),
+            f"Delete **{name}** (id {clip_id}) from the library, with its vectors for every model? "
+            "This cannot be undone.", gr.update(visible=False))
+
+
+def unpicked():
+    """Nothing picked: no id, the hint, the delete button off, no question."""
+    return None, NOTHING_PICKED, gr.update(interactive=False), "", gr.update(visible=False)
 
 
 def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
@@ -137,9 +156,17 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
         grid = gr.Dataframe(headers=["id", "name", "duration (s)", "added", "label", "speaker", "models"],
                             value=lambda: h.browse_rows(default_model, ""), interactive=False,
                             elem_id="library-table")
-        with gr.Row():
-            del_id = gr.Number(label="Clip id to delete", precision=0, elem_id="delete-id")
-            del_btn = gr.Button("Delete clip", variant="stop", elem_id="delete-button")
+        # delete: pick the clip in the list, then confirm (the id travels in a hidden field: /delete's input)
+        with gr.Row(equal_height=True):
+            del_pick = gr.Markdown(NOTHING_PICKED, elem_id="delete-pick")
+            del_btn = gr.Button("Delete clip…", variant="stop", interactive=False, scale=0, min_width=160,
+                                elem_id="delete-button")
+        with gr.Group(visible=False, elem_id="delete-confirm") as del_confirm:
+            del_question = gr.Markdown(elem_id="delete-question", padding=True)
+            with gr.Row():
+                del_yes = gr.Button("Yes, delete it", variant="stop", elem_id="delete-yes")
+                del_no = gr.Button("Cancel", elem_id="delete-cancel")
+        del_id = gr.Number(label="Clip id to delete", precision=0, visible=False, elem_id="delete-id")
         with gr.Accordion("Drop a model's whole collection", open=False):
             drop_model = gr.Dropdown(choices=choices, value=default_model, label="Model")
             confirm = gr.Textbox(label="Type the model name to confirm")
@@ -152,8 +179,13 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
                                     api_name="import_folder", show_progress_on=[report], **IMPORT_QUEUE)
         for trigger in (refresh.click, browse_q.submit, lib_model.change, page.change):
             trigger(h.browse_rows, [lib_model, browse_q, page], [grid], api_name=False, show_progress="minimal")
-        deleted = del_btn.click(h.delete, [del_id, lib_model, browse_q, state], [counts, grid],
+        picked = [del_id, del_pick, del_btn, del_question, del_confirm]
+        grid.select(pick_clip, None, picked, **QUIET)
+        del_btn.click(lambda: gr.update(visible=True), None, [del_confirm], queue=False, **QUIET)
+        del_no.click(lambda: gr.update(visible=False), None, [del_confirm], queue=False, **QUIET)
+        deleted = del_yes.click(h.delete, [del_id, lib_model, browse_q, state], [counts, grid],
                                 api_name="delete", show_progress="hidden")
+        deleted.success(unpicked, None, picked, **QUIET)
         dropped = drop_btn.click(h.drop, [drop_model, confirm, state], [counts, grid, confirm],
                                  api_name="drop", show_progress="hidden")
         gr.Button("Count", visible=False).click(h.counts_md, None, [counts], api_name="count")

