@@ -25,13 +25,39 @@ from search_core.audio import AudioError
 MAX_K = 20
 
 
-def score_bar(score: float) -> str:
-    pct = max(0.0, min(1.0, score)) * 100
-    return (f'<div class="scorebar" title="cosine similarity {score:.3f}">'
+#: The narrowest score range the bars of one search spread over: hits closer than this look about
+#: equally long, as they are about equally close; wider spreads fill the bar's length.
+MIN_SPAN = 0.02
+
+
+def bar_scale(scores) -> tuple[float, float]:
+    """The scores at an empty and at a full bar for one search's hits: ``(low, high)``.
+
+    Cosine similarities of one model often sit in a narrow band (aisfx: a top five of 0.88-0.91),
+    where bars from 0 to 1 look identical. The bars span the observed range instead: the best hit
+    fills its bar and the worst keeps a fifth of it (the scale reaches a quarter of the spread below
+    it), over at least ``MIN_SPAN``.
+
+    >>> [round(x, 4) for x in bar_scale([0.91, 0.9, 0.88])]
+    [0.8725, 0.91]
+    >>> [round(x, 4) for x in bar_scale([0.5])]
+    [0.475, 0.5]
+    """
+    hi, lo = max(scores), min(scores)
+    return hi - max(hi - lo, MIN_SPAN) * 1.25, hi
+
+
+def score_bar(score: float, scale: tuple[float, float] | None = None) -> str:
+    """A bar as long as ``score`` on ``scale`` (``bar_scale``), or on 0..1 without one."""
+    lo, hi = scale if scale is not None else (0.0, 1.0)
+    pct = max(0.0, min(1.0, (score - lo) / max(hi - lo, 1e-9))) * 100
+    where = f"; the bar spans {lo:.3f} to {hi:.3f}, this search's range" if scale is not None else ""
+    return (f'<div class="scorebar" title="cosine similarity {score:.3f}{where}">'
             f'<div class="scorefill" style="width:{pct:.0f}%"></div></div>')
 
 
-def hit_html(h) -> str:
+def hit_html(h, scale: tuple[float, float] | None = None, best: float | None = None) -> str:
+    """A hit's title, score bar (on ``scale``), exact scores (and how far below ``best``) and metadata."""
     c = h.clip
     meta = [("label", c.label), ("speaker", c.speaker), ("source", c.source),
             ("tags", ", ".join(c.tags) if c.tags else None)]
@@ -39,10 +65,12 @@ def hit_html(h) -> str:
     where = f" · <b>{h.start_s:.1f}–{h.end_s:.1f} s</b> of {c.duration_s:.1f} s" if h.is_segment \
         else f" · {c.duration_s:.1f} s"
     more = f" · {len(h.segments)} matching segments" if len(h.segments) > 1 else ""
+    gap = f" · <span class='gap'>{best - h.score:.3f} below the best</span>" \
+        if best is not None and best - h.score >= 0.0005 else ""
     return (f"<div class='hit'><div class='hit-title'>#{h.rank} {html.escape(c.original_name)}</div>"
-            f"{score_bar(h.score)}"
+            f"{score_bar(h.score, scale)}"
             f"<div class='hit-meta'>cosine similarity <b>{h.score:.3f}</b> · cosine distance {h.distance:.3f}"
-            f"{where}{more} · id {c.id} · {c.sample_rate} Hz, {c.channels} ch</div>"
+            f"{gap}{where}{more} · id {c.id} · {c.sample_rate} Hz, {c.channels} ch</div>"
             f"<div class='hit-meta'>{meta_html}</div></div>")
 
 
@@ -158,13 +186,17 @@ def search_outputs(res, model: str, render_dir: Path | None = None) -> list:
     status = (f"**{len(shown)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
               f"{query_note(q)}. Score = cosine similarity of the embeddings; "
               f"distance = 1 − score.")
+    scale = bar_scale([h.score for h, _, _ in shown]) if shown else None
+    if scale is not None and len(shown) > 1:
+        status += (f" Bars run from {scale[0]:.3f} (empty) to {scale[1]:.3f} (full), this search's range, "
+                   "so the clearly closer hits stand out.")
     if not res.hits:
         status += " The library has no clips for this model yet: add some in the Library tab."
     outs = [q_wave.result(), q_spec.result(), status]
     for i in range(MAX_K):
         if i < len(shown):
             h, player, wave = shown[i]
-            outs += [gr.update(visible=True), player, hit_html(h), wave]
+            outs += [gr.update(visible=True), player, hit_html(h, scale, shown[0][0].score), wave]
         else:
             outs += [gr.update(visible=False), None, "", None]
     table = [{"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
