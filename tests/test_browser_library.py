@@ -106,3 +106,34 @@ def test_a_clip_picked_in_the_list_is_deleted_after_a_confirmation(page, app_url
     assert "keep_me.wav" in table.inner_text()
     assert clip_count(app_url) == before - 1
     assert button.is_disabled()  # the deleted clip is no longer picked
+
+
+# -- 9. the list on a phone ------------------------------------------------------------------------
+
+def test_the_library_list_shows_every_column_on_a_phone_without_sideways_scrolling(browser, app_url, root):
+    ingest(app_url, *[write_wav(root / "phone" / f"front_door_bell_{i}.wav", sound(3 + i)) for i in range(3)],
+           label="doorbell", speaker="Anna")
+    page = new_page(browser, app_url, width=390, height=844)
+    try:
+        open_tab(page, "Library")
+        table = page.locator("#library-table")
+        table.locator("[role=gridcell]", has_text="front_door_bell_1.wav").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        box = table.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+        # nothing scrolls sideways inside the table's box either
+        scroll, client = table.locator(".virtual-table-viewport").evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert scroll <= client, (scroll, client)
+        headers = table.locator("[role=columnheader]:visible")
+        names = [t.strip() for t in headers.all_inner_texts()]
+        assert names == ["id", "name", "duration (s)", "added", "label", "speaker", "models"], names
+        for h in headers.all():
+            b = h.bounding_box()
+            assert b["width"] > 0 and b["x"] >= box["x"] - 1 and b["x"] + b["width"] <= box["x"] + box["width"] + 1
+        row = table.locator("[role=row]:visible", has_text="front_door_bell_1.wav")
+        for text in ("doorbell", "Anna", "mfcc_stats"):  # the label/speaker/models side of the row is on screen
+            b = row.locator("[role=gridcell]", has_text=text).bounding_box()
+            assert b["x"] >= box["x"] - 1 and b["x"] + b["width"] <= box["x"] + box["width"] + 1, text
+        screenshot(page, "library-phone")
+    finally:
+        page.context.close()

@@ -15,6 +15,8 @@ from .errors import FRIENDLY_ERRORS, explained, public_message
 from .page import AUDIO_TYPES, IMPORT_QUEUE, QUIET
 
 PAGE_ROWS = 50
+#: the list's columns share the box's width (a phone's too: no column hides behind a sideways scroll)
+LIST_COLUMN_WIDTHS = ["7%", "24%", "13%", "15%", "14%", "14%", "13%"]
 
 
 def report_md(rep) -> str:
@@ -155,7 +157,7 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
             refresh = gr.Button("Refresh", scale=1)
         grid = gr.Dataframe(headers=["id", "name", "duration (s)", "added", "label", "speaker", "models"],
                             value=lambda: h.browse_rows(default_model, ""), interactive=False,
-                            elem_id="library-table")
+                            wrap=True, column_widths=LIST_COLUMN_WIDTHS, elem_id="library-table")
         # delete: pick the clip in the list, then confirm (the id travels in a hidden field: /delete's input)
         with gr.Row(equal_height=True):
             del_pick = gr.Markdown(NOTHING_PICKED, elem_id="delete-pick")

@@ -59,6 +59,13 @@ CSS = """
 .hit-audio audio{width:100%}
 .hit-wave img,#query-waveform img,#query-spectrogram img{object-fit:fill;width:100%;image-rendering:auto}
 .hit-wave{min-height:0 !important}
+/* the Library list on a phone: every column inside the box (shares of its width), smaller type that wraps */
+@media (max-width:640px){
+  #library-table [role=columnheader],#library-table [role=gridcell],#library-table .cell-wrap{padding:3px 2px !important}
+  #library-table [role=columnheader] span,#library-table [role=gridcell] .cell-wrap,#library-table [role=gridcell] span{
+    font-size:12px !important;font-family:var(--font) !important;line-height:1.3;overflow-wrap:anywhere}
+  #library-table .cell-menu-button{display:none}
+}
 """
 
 # Page-level rules: Gradio scopes ``css`` to the app's content, so the page margins go in <head>.
