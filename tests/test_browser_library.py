@@ -137,3 +137,46 @@ def test_the_library_list_shows_every_column_on_a_phone_without_sideways_scrolli
         screenshot(page, "library-phone")
     finally:
         page.context.close()
+
+
+# -- 8. labels per file in one upload ------------------------------------------------------------
+
+def test_files_added_together_each_get_their_own_label_from_a_manifest_or_typed(page, app_url, root):
+    work = root / "per_file"
+    cat = write_wav(work / "cat_meow.wav", sound(6))
+    dog = write_wav(work / "dog_bark.wav", sound(7))
+    bird = write_wav(work / "bird_song.wav", sound(0))
+    manifest = work / "labels.csv"
+    manifest.write_text("path,label,speaker,source,tags\n"
+                        "cat_meow.wav,cat,,garden,pet;indoor\n"
+                        "dog_bark.wav,dog,,street,pet\n"
+                        "not_chosen.wav,ghost,,,\n")
+    open_tab(page, "Library")
+    page.locator("#library-model input").wait_for()
+    page.locator("#library-files input[type=file]").set_input_files([str(cat), str(dog), str(bird)])
+    table = page.locator("#per-file-labels")
+    table.locator("[role=gridcell]", has_text="bird_song.wav").wait_for()  # a row per chosen file
+    page.locator("#library-manifest input[type=file]").set_input_files(str(manifest))
+    table.locator("[role=gridcell]", has_text="garden").wait_for()  # the manifest fills the rows by name
+
+    # a label typed for one file: the bird (not in the manifest); the box above applies to the rest
+    bird_row = table.locator("[role=row]:visible", has_text="bird_song.wav")
+    bird_row.locator("[role=gridcell]").nth(1).dblclick()
+    page.keyboard.type("bird")
+    page.keyboard.press("Enter")
+    table.locator("[role=gridcell]", has_text="bird").first.wait_for()
+    page.locator("#library-files").scroll_into_view_if_needed()
+    screenshot(page, "library-per-file-labels")
+    page.locator("#add-button").click()
+    page.locator("#ingest-report", has_text="3 added").wait_for()
+
+    listed = page.locator("#library-table")
+    for name, label in (("cat_meow.wav", "cat"), ("dog_bark.wav", "dog"), ("bird_song.wav", "bird")):
+        row = listed.locator("[role=row]:visible", has_text=name)
+        row.wait_for()
+        assert row.locator("[role=gridcell]").nth(4).inner_text().strip() == label, name
+    # the manifest's source and tags were stored too: a search filtered on them finds just the cat
+    from gradio_client import Client, handle_file
+    out = Client(app_url, verbose=False).predict(handle_file(str(cat)), MODEL, 5, "", "", "garden", "indoor",
+                                                 api_name="/search")
+    assert [h["name"] for h in out[-1]] == ["cat_meow.wav"]

@@ -10,6 +10,7 @@ import gradio as gr
 from search_core import limits
 from search_core.service import LibraryService
 
+from . import labels
 from .admin import Gate, login_box
 from .errors import FRIENDLY_ERRORS, explained, public_message
 from .page import AUDIO_TYPES, IMPORT_QUEUE, QUIET
@@ -54,15 +55,16 @@ def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
     """The tab's event handlers, each one ``svc`` call (and the refreshed counts and list)."""
     require_admin = gate.require_admin
 
-    def do_ingest(files, model, label, speaker, tags, state, request: gr.Request,
-                  progress=gr.Progress(track_tqdm=True)):
+    def do_ingest(files, model, label, speaker, tags, state, per_file=None, manifest=None,
+                  request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
         require_admin(state, request)
         if not files:
             raise gr.Error("Choose one or more audio files first.")
         paths = [f if isinstance(f, str) else f.name for f in files]
         progress(0, desc="loading model")
-        meta = limits.clip_metadata({"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")})
-        rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
+        common = {"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")}
+        metas = labels.per_file_metadata(paths, common, per_file, manifest)
+        rep = svc.ingest_files(paths, model, metadata=metas,
                                progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         return report_md(rep), counts_md(), browse_rows(model, "")
 
@@ -121,12 +123,13 @@ def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
 
     # every handler: expected errors become their message, an unexpected exception a sentence (see explained)
     do_ingest = explained(do_ingest, "Adding the files")
+    label_rows = explained(labels.label_rows, "Reading the manifest")
     do_import_folder = explained(do_import_folder, "Importing the folder")
     counts_md = explained(counts_md, "Counting the library")
     browse_rows = explained(browse_rows, "Listing the library")
     do_delete = explained(do_delete, "Deleting the clip")
     do_drop = explained(do_drop, "Dropping the collection")
-    return SimpleNamespace(ingest=do_ingest, import_folder=do_import_folder, counts_md=counts_md,
+    return SimpleNamespace(ingest=do_ingest, label_rows=label_rows, import_folder=do_import_folder, counts_md=counts_md,
                            browse_rows=browse_rows, delete=do_delete, drop=do_drop)
 
 
@@ -145,6 +148,14 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
             tags_in = gr.Textbox(label="Tags, comma-separated (optional)")
         files = gr.File(file_count="multiple", label="Audio files (wav, flac, mp3, ogg, m4a …)",
                         file_types=AUDIO_TYPES, elem_id="library-files")
+        with gr.Accordion("Labels per file (optional)", open=False, elem_id="per-file") as per_file_box:
+            gr.Markdown("One row per chosen file: a value typed here is that file's own; an empty cell takes the "
+                        "box above. A manifest CSV fills the rows by file name: columns `path` (the file name), "
+                        "`label`, `speaker`, `source`, `tags` (`;`-separated), as in a folder's `manifest.csv`.")
+            manifest = gr.File(label="Manifest CSV (optional)", file_types=[".csv"], elem_id="library-manifest")
+            per_file = gr.Dataframe(headers=labels.COLUMNS, column_count=(len(labels.COLUMNS), "fixed"), row_count=0,
+                                    static_columns=[0], interactive=True, type="array", wrap=True,
+                                    elem_id="per-file-labels")
         add_btn = gr.Button("Add to library", variant="primary", elem_id="add-button")
         with gr.Accordion("Import a folder on the server (admin)", open=False):
             folder = gr.Textbox(label="Folder path on the server (a manifest.csv in it is used for labels)")
@@ -174,7 +185,10 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
             confirm = gr.Textbox(label="Type the model name to confirm")
             drop_btn = gr.Button("Drop collection", variant="stop")
 
-        ingested = add_btn.click(h.ingest, [files, lib_model, label_in, speaker_in, tags_in, state],
+        for chosen in (files.change, manifest.change):  # the rows follow the chosen files and the manifest
+            chosen(h.label_rows, [files, manifest], [per_file], **QUIET).success(
+                lambda rows: gr.update(open=True) if rows else gr.update(), [per_file], [per_file_box], **QUIET)
+        ingested = add_btn.click(h.ingest, [files, lib_model, label_in, speaker_in, tags_in, state, per_file, manifest],
                                  [report, counts, grid], api_name="ingest", show_progress_on=[report],
                                  **IMPORT_QUEUE)
         imported = folder_btn.click(h.import_folder, [folder, lib_model, state], [report, counts, grid],
