@@ -29,7 +29,7 @@ from search_core.ui.hits import (MAX_K, _envelope, _thumbnail_png, hit_audio, hi
                                  score_bar, search_outputs, segment_wav)
 from search_core.ui.library_tab import library_tab
 from search_core.ui.page import CSS, HEAD, IMPORT_QUEUE, QUIET, SEARCH_QUEUE, model_choices, model_menus
-from search_core.ui.search_tab import search_tab
+from search_core.ui.search_tab import hit_deleted as search_hit_deleted, search_tab
 from search_core.ui.speakers_tab import speakers_tab
 from search_core.webguard import (CacheJanitor, Guard, GuardMiddleware, GuardSettings, LoginThrottle, RateWindow,
                                   gradio_cache_files, trust_forwarding_from)
@@ -73,6 +73,11 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         speakers = speakers_tab(svc, gate, state, choices, default_model)
         duplicates = duplicates_tab(svc)
 
+        # a search hit deleted (after its confirmation) by the Library tab's own delete
+        hit_deleted = search.delete_yes.click(library.delete, [search.delete_id, library.model, library.query, state],
+                                              [library.counts, library.grid], api_name=False, show_progress="hidden")
+        hit_deleted.success(search_hit_deleted, [search.delete_slot], search.delete_outputs, **QUIET)
+
         # -- what every visitor sees is current: on each page load, and after each change --------
         menus = [search.model, library.menus[0], speakers.model, library.menus[1]]
         demo.load(library.counts_md, None, [library.counts], **QUIET)
@@ -84,7 +89,8 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         for done in (search.searched, library.ingested, library.imported, speakers.enrolled,
                      speakers.identified):  # a model may have just loaded
             done.then(model_menus, None, menus, **QUIET)
-        for changed in (library.ingested, library.imported, library.deleted, library.dropped, duplicates.listed):
+        for changed in (library.ingested, library.imported, library.deleted, library.dropped, duplicates.listed,
+                        hit_deleted):
             changed.success(duplicates.view, None, duplicates.outputs, **QUIET)
         for changed in (speakers.enrolled, speakers.deleted):
             changed.success(speakers.view, None, speakers.outputs, **QUIET)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apphelpers import running_app
-from browserhelpers import chromium_path, launch_args, open_tab, screenshot
+from browserhelpers import chromium_path, launch_args, open_tab, screenshot, search_and_wait, upload_query
 from conftest import sound, write_wav
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -106,6 +106,28 @@ def test_a_clip_picked_in_the_list_is_deleted_after_a_confirmation(page, app_url
     assert "keep_me.wav" in table.inner_text()
     assert clip_count(app_url) == before - 1
     assert button.is_disabled()  # the deleted clip is no longer picked
+
+
+
+def test_a_search_hit_is_deleted_from_the_results_after_a_confirmation(page, app_url, root):
+    ids = ingest(app_url, write_wav(root / "hits" / "wanted_hit.wav", sound(10)),
+                 write_wav(root / "hits" / "unwanted_hit.wav", sound(11)))
+    before = clip_count(app_url)
+    upload_query(page, root / "hits" / "unwanted_hit.wav")
+    titles = search_and_wait(page)
+    assert titles[0] == "#1 unwanted_hit.wav" and len(titles) > 1
+    page.locator(".hit-group:visible .hit-delete").first.click()
+    question = page.locator("#hit-delete-question")
+    question.get_by_text(f"unwanted_hit.wav (id {ids['unwanted_hit.wav']})", exact=False).wait_for()
+    screenshot(page, "search-delete-confirm")
+    page.locator("#hit-delete-yes").click()
+    page.locator("[data-testid=toast-text]", has_text=f"Deleted clip {ids['unwanted_hit.wav']}").first.wait_for()
+    page.locator(".hit-group:visible .hit-title", has_text="unwanted_hit.wav").wait_for(state="detached")
+    assert page.locator(".hit-group:visible .hit-title").all_inner_texts() == titles[1:]  # the others stay
+    question.wait_for(state="hidden")
+    assert clip_count(app_url) == before - 1
+    open_tab(page, "Library")  # the Library tab's list and counts know already
+    page.locator("#library-table", has_not_text="unwanted_hit.wav").wait_for()
 
 
 # -- 9. the list on a phone ------------------------------------------------------------------------

@@ -205,5 +205,6 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
         dropped = drop_btn.click(h.drop, [drop_model, confirm, state], [counts, grid, confirm],
                                  api_name="drop", show_progress="hidden")
         gr.Button("Count", visible=False).click(h.counts_md, None, [counts], api_name="count")
-    return SimpleNamespace(counts=counts, counts_md=h.counts_md, menus=[lib_model, drop_model],
+    return SimpleNamespace(counts=counts, counts_md=h.counts_md, menus=[lib_model, drop_model], delete=h.delete,
+                           model=lib_model, query=browse_q, grid=grid,
                            ingested=ingested, imported=imported, deleted=deleted, dropped=dropped)

@@ -59,6 +59,11 @@ CSS = """
 .hit-audio audio{width:100%}
 .hit-wave img,#query-waveform img,#query-spectrogram img{object-fit:fill;width:100%;image-rendering:auto}
 .hit-wave{min-height:0 !important}
+/* a hit's Delete… button sits in the corner of its title line, taking no room of its own */
+.hit-group{position:relative}
+.hit-group .hit-row{position:static !important}
+.hit-group .hit-title{padding-right:88px}
+.hit-group button.hit-delete{position:absolute;top:6px;right:8px;width:auto;min-width:0 !important;z-index:1}
 /* the Library list on a phone: every column inside the box (shares of its width), smaller type that wraps */
 @media (max-width:640px){
   #library-table [role=columnheader],#library-table [role=gridcell],#library-table .cell-wrap{padding:3px 2px !important}
