@@ -151,6 +151,8 @@ def return_freed_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from search_core import http_api
+
     parser = argparse.ArgumentParser(description="Audio similarity search (Gradio app)")
     parser.add_argument("--share", action="store_true", help="publish a public Gradio link (admin login required)")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -170,9 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.share:  # Gradio's own banner would tell the user to edit launch(); say how this app does it
         print(f"* Audio similarity search on http://{args.host}:{args.port} "
               f"(a public link: make run ARGS=\"--share\", see README)", flush=True)
+    kw = launch_kwargs(settings, access, guard)
+    # the HTTP API (/api/...) beside the page: same login throttle, upload limits and messages
+    kw.setdefault("app_kwargs", {})["routes"] = [http_api.mount(svc, access, guard.throttle, public_message)]
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                   share=args.share, quiet=not args.share,
-                                                   **launch_kwargs(settings, access, guard))
+                                                   share=args.share, quiet=not args.share, **kw)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .audio import AudioError, fmt_seconds
 from .config import get_settings
 from .faults import ServiceUnavailable, service_fault
-from .models import WeightsNotInstalled, describe, model_names
+from .models import WeightsNotInstalled, custom_model_problems, describe, model_names
 
 
 _open: list = []  # services this command opened; closed on exit (gives their writer lease up)
@@ -44,6 +44,8 @@ def _service():
 def cmd_models(args) -> int:
     for name in model_names():
         print(describe(name))
+    for problem in custom_model_problems():
+        print(problem, file=sys.stderr)
     return 0
 
 

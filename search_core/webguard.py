@@ -337,7 +337,7 @@ class GuardMiddleware:
     """ASGI middleware: Gradio's login route throttled, uploads limited per client, request
     bodies capped, the cache swept after each upload."""
 
-    UPLOAD_PATHS = ("/gradio_api/upload",)
+    UPLOAD_PATHS = ("/gradio_api/upload", "/api/search", "/api/clips")  # Gradio's, and the HTTP API's
     LOGIN_PATHS = ("/login",)
 
     def __init__(self, app, guard: Guard):
@@ -413,11 +413,8 @@ class GuardMiddleware:
                 # the files are in place (and registered) before Gradio answers: count them and make
                 # room before the client hears back, so the budget holds when it does
                 chunks.append(msg.get("body", b""))
-                if status.get("code") == 200:  # a refused upload stored nothing
-                    try:
-                        files = max(1, len(json.loads(b"".join(chunks))))
-                    except (ValueError, TypeError):
-                        files = 1
+                files = _files_received(status.get("code"), b"".join(chunks))
+                if files:
                     g.uploads.add(address, files, int(length))
                 if g.janitor is not None:
                     await _in_thread(g.janitor.sweep)
@@ -425,6 +422,21 @@ class GuardMiddleware:
                 chunks.append(msg.get("body", b""))
             await send(msg)
         await self.app(scope, receive, watch)
+
+
+def _files_received(status: int | None, body: bytes) -> int:
+    """How many uploaded files an answer says were received: Gradio's upload route answers 200 with
+    one path per stored file (a refused upload stored nothing); the HTTP API, whatever its status,
+    says how many files it read in ``"files"`` (none when it refused before reading the body)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError):
+        data = None
+    if isinstance(data, dict) and "files" in data:
+        return max(0, int(data["files"])) if isinstance(data["files"], int) else 1
+    if status != 200:
+        return 0
+    return max(1, len(data)) if isinstance(data, list) else 1
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -8,7 +8,7 @@ from search_core.models import WeightsNotInstalled, describe, get_model, model_n
 
 EXPECTED = {"aisfx": ("sound", 512), "resemblyzer": ("speaker", 256), "panns_cnn14": ("sound", 2048),
             "panns_cnn10": ("sound", 512), "panns_cnn6": ("sound", 512), "ecapa_tdnn": ("speaker", 192),
-            "yamnet": ("sound", 1024), "mfcc_stats": ("sound", 80)}
+            "yamnet": ("sound", 1024), "aisfx_yamnet": ("sound", 1536), "mfcc_stats": ("sound", 80)}
 
 
 def test_every_model_is_listed_with_task_dimension_rate_and_status():
