@@ -1,0 +1,116 @@
+"""The Search tab: a query clip, a model, top-k and filters in; the query's pictures and the hits out."""
+from __future__ import annotations
+
+import functools
+import html
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from search_core import limits
+from search_core.service import LibraryService
+
+from .errors import explained
+from .hits import MAX_K, search_outputs
+from .page import QUIET, SEARCH_QUEUE
+
+
+def search_handler(svc: LibraryService, render_dir: Path):
+    """The /search event: one ``svc.search``, its result rendered by :func:`hits.search_outputs`."""
+    def do_search(query_path, model, k, label_f="", speaker_f="", source_f="", tag_f="",
+                  progress=gr.Progress(track_tqdm=True)):
+        if not query_path:
+            raise gr.Error("Record or upload a clip first.")
+        progress(0.1, desc="embedding the query")
+        filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
+        res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
+        progress(0.6, desc="preparing results")
+        return search_outputs(res, model, render_dir)
+
+    return explained(do_search, "Search")
+
+
+def search_tab(svc: LibraryService, render_dir: Path, choices, default_model, examples: list[str]) -> SimpleNamespace:
+    """Build the tab (inside ``gr.Blocks``); returns its model menu and the search event."""
+    do_search = search_handler(svc, render_dir)
+    with gr.Tab("Search", id="search"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=280):
+                query = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Query clip",
+                                 elem_id="query-audio")
+                model = gr.Dropdown(choices=choices, value=default_model, label="Model", elem_id="search-model")
+                k = gr.Slider(1, MAX_K, value=5, step=1, label="Top-k results")
+                with gr.Accordion("Only clips with … (metadata filters)", open=False):
+                    f_label = gr.Textbox(label="Label", value="", elem_id="filter-label")
+                    f_speaker = gr.Textbox(label="Speaker", value="", elem_id="filter-speaker")
+                    f_source = gr.Textbox(label="Source", value="", elem_id="filter-source")
+                    f_tag = gr.Textbox(label="Tag", value="", elem_id="filter-tag")
+                go = gr.Button("Search", variant="primary", elem_id="search-button")
+                if examples:
+                    gr.Examples(examples=examples, inputs=[query], label="Example clips (ours, CC0)",
+                                example_labels=[Path(e).stem.replace("_", " ") for e in examples],
+                                elem_id="example-clips")
+            with gr.Column(scale=2, min_width=280):
+                status = gr.Markdown("Results appear here.", elem_id="search-status")
+                with gr.Row(equal_height=False, elem_id="query-pictures"):
+                    q_wave = gr.Image(label="Query waveform", show_label=False, interactive=False,
+                                      format="png", buttons=[], min_width=200, elem_id="query-waveform")
+                    q_spec = gr.Image(label="Query mel spectrogram", show_label=False, interactive=False,
+                                      format="jpeg", buttons=[], min_width=200, elem_id="query-spectrogram")
+                # delete a hit from the library: its Delete… button asks here first (wired in app.build_app)
+                with gr.Group(visible=False, elem_id="hit-delete-confirm") as del_confirm:
+                    del_question = gr.Markdown(elem_id="hit-delete-question", padding=True)
+                    with gr.Row():
+                        del_yes = gr.Button("Yes, delete it", variant="stop", elem_id="hit-delete-yes")
+                        del_no = gr.Button("Cancel", elem_id="hit-delete-cancel")
+                del_id = gr.Number(precision=0, visible=False)
+                del_slot = gr.Number(precision=0, visible=False)
+                slots, del_buttons = hit_slots()
+                with gr.Accordion("Results as data", open=False):
+                    table = gr.JSON(label="hits")
+        # progress and a failure show on the status line only, never over each of the 80 result slots
+        searched = go.click(do_search, [query, model, k, f_label, f_speaker, f_source, f_tag],
+                            [q_wave, q_spec, status] + slots + [table], api_name="search",
+                            show_progress_on=[status], **SEARCH_QUEUE)
+        for i, button in enumerate(del_buttons):
+            button.click(functools.partial(pick_hit, i), [table], [del_id, del_slot, del_question, del_confirm],
+                         **QUIET)
+        del_no.click(lambda: gr.update(visible=False), None, [del_confirm], queue=False, **QUIET)
+    return SimpleNamespace(model=model, searched=searched, delete_id=del_id, delete_slot=del_slot,
+                           delete_yes=del_yes, delete_outputs=[del_confirm] + slots[0::4])
+
+
+def pick_hit(i: int, table):
+    """Hit ``i`` (of the results as data) as the clip to delete: its id, its slot, the question, shown."""
+    if not table or i >= len(table):
+        return None, None, "", gr.update(visible=False)
+    hit = table[i]
+    name = html.escape(str(hit["name"]))
+    return (hit["clip_id"], i, f"Delete **{name}** (id {hit['clip_id']}) from the library, with its vectors "
+            "for every model? This cannot be undone.", gr.update(visible=True))
+
+
+def hit_deleted(slot):
+    """After a hit's clip was deleted: the question goes, and so does that hit."""
+    return [gr.update(visible=False)] + [gr.update(visible=False) if i == slot else gr.update()
+                                         for i in range(MAX_K)]
+
+
+def hit_slots() -> tuple[list, list]:
+    """``MAX_K`` hidden result slots of (group, player, info HTML, waveform image), in that order, and
+    each slot's Delete… button."""
+    slots, buttons = [], []
+    hit_player = gr.WaveformOptions(show_recording_waveform=False)  # the browser's own player
+    for i in range(MAX_K):
+        with gr.Group(visible=False, elem_classes=["hit-group"]) as grp:
+            info = gr.HTML(elem_classes=["hit-info"], padding=False)
+            with gr.Row(equal_height=True, elem_classes=["hit-row"]):
+                player = gr.Audio(label=f"Result {i + 1}", interactive=False, show_label=False,
+                                  buttons=["download"], waveform_options=hit_player,
+                                  min_width=220, elem_classes=["hit-audio"])
+                wave = gr.Image(show_label=False, interactive=False, format="png", buttons=[],
+                                min_width=200, elem_classes=["hit-wave"])
+                buttons.append(gr.Button("Delete…", size="sm", scale=0, min_width=90, elem_classes=["hit-delete"]))
+        slots += [grp, player, info, wave]
+    return slots, buttons
