@@ -10,6 +10,7 @@ and launches it.
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -150,6 +151,15 @@ def return_freed_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
         return False
 
 
+def stop_like_ctrl_c_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, systemd, a container stop) end the app as Ctrl-C does.
+
+    By default Python dies on SIGTERM without running its exit handlers, which give the writer lease
+    up and stop the app's own Milvus server (``MILVUS_URI=local``) when no other process uses it;
+    Gradio closes its server on KeyboardInterrupt and ``main`` returns."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     from search_core import http_api
 
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7860")))
     args = parser.parse_args(argv)
+    stop_like_ctrl_c_on_sigterm()
     return_freed_buffers_to_the_os()
     access = access_from_env(args.share)
     settings = get_settings()

@@ -115,3 +115,45 @@ def test_the_cli_runs_with_milvus_uri_in_its_environment(tmp_path, uri):
     finally:
         if uri == "local":
             milvus_local.stopped(tmp_path / "d" / "milvus-server", timeout_s=120)
+
+
+def test_the_app_stopped_with_sigterm_stops_its_milvus_server(tmp_path):
+    """``make run`` then SIGTERM (``kill``, systemd, a container stop): the app's own server must not
+    be left running once the app is gone (Python skips atexit on SIGTERM unless told otherwise)."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests.apphelpers import free_port
+
+    if not os.environ.get("MILVUS_SERVER_BIN") and not (REPO / ".venv-milvus" / "bin" / "milvus-server").is_file():
+        pytest.fail("the Milvus server launcher is not installed: run `make test` or set MILVUS_SERVER_BIN")
+    data, port = tmp_path / "d", free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LIBRARY_DIR", "WEIGHTS_DIR")}
+    env.update(DATA_DIR=str(data), MILVUS_URI="local", GRADIO_ANALYTICS_ENABLED="False", SEARCH_CORE_OFFLINE="1")
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(0.5)
+        folder = data / "milvus-server"
+        pid = _server_pid(folder)
+        assert milvus_local._alive(pid, folder.resolve())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-2000:]
+        assert milvus_local.stopped(folder, timeout_s=60), "the app's Milvus server outlived the app"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        folder = data / "milvus-server"
+        if folder.is_dir() and not milvus_local.stopped(folder, timeout_s=1):
+            milvus_local._stop_group(_server_pid(folder), grace_s=0)
