@@ -19,7 +19,6 @@ The Paddle side (export, the probe, eager runs) happens on the one Paddle thread
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import paddle_thread
+from .quiet import quiet_native_output
 
 Runner = Callable[[np.ndarray], np.ndarray]
 PROBE_TOLERANCE = 1e-3      # max |compiled - eager| relative to max |eager| on the probe input
@@ -59,24 +59,9 @@ def eager_runner(net) -> Runner:
     return run
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send whatever the process writes to standard output (file descriptor 1, where paddle2onnx's
-    C++ code logs) to standard error meanwhile: a command's stdout stays its own (``eval --json``)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def export(net, input_shape: tuple, folder: Path) -> Path:
     """Convert ``net`` to ``folder/model.onnx`` (static program first, then paddle2onnx); atomic.
-    Their logs go to stderr (:func:`stdout_to_stderr`)."""
+    Run it inside :func:`.quiet.quiet_native_output`: Paddle and paddle2onnx log to stdout and stderr."""
     import paddle
     import paddle2onnx
 
@@ -86,15 +71,14 @@ def export(net, input_shape: tuple, folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        with stdout_to_stderr():
-            spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
-            static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-            paddle.jit.save(static, str(tmp / "model"))
-            program = next((tmp / n for n in ("model.json", "model.pdmodel") if (tmp / n).is_file()), None)
-            if program is None:
-                raise RuntimeError("paddle.jit.save wrote no program file")
-            paddle2onnx.export(str(program), str(tmp / "model.pdiparams"), save_file=str(tmp / "model.onnx"),
-                               opset_version=ONNX_OPSET, enable_onnx_checker=True, verbose=False)
+        spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
+        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, str(tmp / "model"))
+        program = next((tmp / n for n in ("model.json", "model.pdmodel") if (tmp / n).is_file()), None)
+        if program is None:
+            raise RuntimeError("paddle.jit.save wrote no program file")
+        paddle2onnx.export(str(program), str(tmp / "model.pdiparams"), save_file=str(tmp / "model.onnx"),
+                           opset_version=ONNX_OPSET, enable_onnx_checker=True, verbose=False)
         for p in tmp.iterdir():
             if p.name != "model.onnx":
                 p.unlink()
@@ -145,8 +129,9 @@ def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
 
     folder = Path(cache_dir) / f"{key}-paddle{paddle.__version__}"
     try:
-        compiled = onnx_runner(export(net, input_shape, folder))
-        want, got = eager(probe), compiled(probe)
+        with quiet_native_output():   # their logs: to stderr, without the known-harmless lines
+            compiled = onnx_runner(export(net, input_shape, folder))
+            want, got = eager(probe), compiled(probe)
         if want.shape != got.shape:
             problem = f"shape {got.shape} instead of {want.shape}"
         else:

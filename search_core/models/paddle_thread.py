@@ -36,8 +36,11 @@ def _start() -> None:
     """The worker's first act: import paddle there and be in eager mode whatever the last thread left."""
     global _thread_id
     _thread_id = threading.get_ident()
+    from .quiet import quiet_native_output
+
     try:
-        import paddle
+        with quiet_native_output():   # its advice about OMP_NUM_THREADS and data-parallel training
+            import paddle
     except Exception:  # noqa: BLE001 - a job that needs paddle raises the import error itself
         return
     if not paddle.in_dynamic_mode():
