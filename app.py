@@ -38,6 +38,7 @@ from search_core import plots
 from search_core.audio import AudioError
 from search_core.config import Settings, env_flag, get_settings
 from search_core.models import WeightsNotInstalled, describe, get_model
+from search_core.models import progress as model_progress
 from search_core.faults import ServiceUnavailable
 from search_core.service import LibraryService
 from search_core.webguard import (CacheJanitor, Guard, GuardMiddleware, GuardSettings, LoginThrottle, RateWindow,
@@ -128,6 +129,12 @@ def public_message(err) -> str:
     if isinstance(err, WeightsNotInstalled):
         return text
     return _ERRNO.sub("", _ABS_PATH.sub(lambda m: m.group("qbase") or m.group("base"), text))
+
+
+def showing_model_steps(progress):
+    """Within this block, a model's one-time steps (downloading its weights, preparing it once) are
+    the text of the handler's ``gr.Progress``, with the fraction where it is known."""
+    return model_progress.listening(lambda step: progress(step.fraction, desc=step.text))
 
 
 def explained(fn, action: str):
@@ -381,7 +388,8 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
             raise gr.Error("Record or upload a clip first.")
         progress(0.1, desc="embedding the query")
         filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
-        res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
+        with showing_model_steps(progress):
+            res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
         progress(0.6, desc="preparing results")
         return search_outputs(res, model, render_dir)
 
@@ -393,8 +401,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         paths = [f if isinstance(f, str) else f.name for f in files]
         progress(0, desc="loading model")
         meta = limits.clip_metadata({"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")})
-        rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
-                               progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+        with showing_model_steps(progress):
+            rep = svc.ingest_files(paths, model, metadata=[meta] * len(paths),
+                                   progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         return report_md(rep), counts_md(), browse_rows(model, "")
 
     def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
@@ -404,8 +413,9 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         try:
             folder = limits.folder(folder)
             manifest = Path(folder) / "manifest.csv"
-            rep = svc.ingest_folder(folder, model, manifest=manifest if manifest.is_file() else None,
-                                    progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+            with showing_model_steps(progress):
+                rep = svc.ingest_folder(folder, model, manifest=manifest if manifest.is_file() else None,
+                                        progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         except FRIENDLY_ERRORS as err:
             raise gr.Error(str(err))  # the admin typed this path: show it whole
         return report_md(rep), counts_md(), browse_rows(model, "")

@@ -19,6 +19,7 @@ The Paddle side (export, the probe, eager runs) happens on the one Paddle thread
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -28,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import paddle_thread
+from . import paddle_thread, progress
 from .quiet import quiet_native_output
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -115,12 +116,13 @@ def onnx_runner(path: Path, threads: int | None = None) -> Runner:
 
 @paddle_thread.runs_on_paddle_thread
 def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
-                    key: str) -> Runner:
+                    key: str, label: str | None = None) -> Runner:
     """The fastest correct runner for eval-mode ``net``: compiled if possible, else eager.
 
     ``input_shape`` is the network input's shape with ``None`` for free dimensions, ``probe`` an
     input of that shape used to check the compiled program against the eager network, ``key``
-    names the cache folder under ``cache_dir`` (include the weights' checksum in it).
+    names the cache folder under ``cache_dir`` (include the weights' checksum in it). When the
+    conversion is not cached yet, "preparing the ``label`` model once: 12 s" is reported (:mod:`.progress`).
     """
     eager = eager_runner(net)
     if not enabled():
@@ -128,8 +130,10 @@ def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
     import paddle
 
     folder = Path(cache_dir) / f"{key}-paddle{paddle.__version__}"
+    first = not (folder / "model.onnx").is_file()
     try:
-        with quiet_native_output():   # their logs: to stderr, without the known-harmless lines
+        with quiet_native_output(), (progress.step(f"preparing the {label or key} model once") if first
+                                     else contextlib.nullcontext()):
             compiled = onnx_runner(export(net, input_shape, folder))
             want, got = eager(probe), compiled(probe)
         if want.shape != got.shape:

@@ -19,6 +19,7 @@ callers' threads: they need no Paddle state and release the GIL.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -73,10 +74,11 @@ def call(fn: Callable[..., T], /, *args, **kwargs) -> T:
     """``fn(*args, **kwargs)`` run on the Paddle thread; its result, or its exception re-raised here.
 
     Called on the Paddle thread itself (a job that needs another Paddle helper), it runs directly.
+    It runs in a copy of the caller's context variables (e.g. the listener of :mod:`.progress`).
     """
     if on_paddle_thread():
         return fn(*args, **kwargs)
-    return _pool().submit(fn, *args, **kwargs).result()
+    return _pool().submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
 
 
 def runs_on_paddle_thread(fn: Callable[..., T]) -> Callable[..., T]:
