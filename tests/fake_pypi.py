@@ -53,8 +53,9 @@ def build_wheel(folder: Path) -> Path:
 
 
 @contextmanager
-def serving(folder: Path):
-    """Yield the ``PIP_INDEX_URL`` of a simple index on 127.0.0.1 serving :func:`build_wheel` slowly."""
+def serving(folder: Path, pause_s: float = CHUNK_PAUSE_S):
+    """Yield the ``PIP_INDEX_URL`` of a simple index on 127.0.0.1 serving :func:`build_wheel` slowly
+    (``pause_s`` after every 128 KB)."""
     wheel = build_wheel(folder)
     body = wheel.read_bytes()
     digest = hashlib.sha256(body).hexdigest()
@@ -80,7 +81,7 @@ def serving(folder: Path):
                 for start in range(0, len(body), CHUNK):
                     self.wfile.write(body[start:start + CHUNK])
                     self.wfile.flush()
-                    time.sleep(CHUNK_PAUSE_S)
+                    time.sleep(pause_s)
             else:
                 self.send_error(404)
 
