@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 from gradio_client import Client, handle_file
 
-from apphelpers import running_app
+from apphelpers import REPO, running_app
 from conftest import sound, write_wav
 
 MODEL = "mfcc_stats"
@@ -86,3 +88,18 @@ def test_paddles_known_noise_is_held_back_and_anything_else_still_shown(capfd):
             os.write(1, b"[Paddle2ONNX] Start parsing the Paddle model file...\n")
             raise RuntimeError("export failed")
     assert "[Paddle2ONNX] Start parsing" in capfd.readouterr().err   # a failed step shows everything
+
+
+def test_loading_paddle_leaves_the_process_logging_as_it_was():
+    """`import paddle` set the root logger to INFO with its own handler, and every library's INFO lines and
+    grpc's server tracebacks reached the terminal (Milvus Lite's "built 1 segment indexes", ...)."""
+    code = ("import logging\n"
+            "from search_core.models import paddle_thread\n"
+            "paddle_thread.call(lambda: __import__('paddle'))\n"
+            "root = logging.getLogger()\n"
+            "logging.getLogger('milvus_lite.engine').info('built 1 segment indexes')\n"
+            "print(logging.getLevelName(root.level), len(root.handlers))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["WARNING", "0"]
+    assert "segment indexes" not in out.stderr and "OMP_NUM_THREADS" not in out.stderr

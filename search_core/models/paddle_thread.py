@@ -37,10 +37,10 @@ def _start() -> None:
     """The worker's first act: import paddle there and be in eager mode whatever the last thread left."""
     global _thread_id
     _thread_id = threading.get_ident()
-    from .quiet import quiet_native_output
+    from .quiet import quiet_native_output, root_logging_kept
 
-    try:
-        with quiet_native_output():   # its advice about OMP_NUM_THREADS and data-parallel training
+    try:   # its advice about OMP_NUM_THREADS and data-parallel training; its root logger at INFO
+        with quiet_native_output(), root_logging_kept():
             import paddle
     except Exception:  # noqa: BLE001 - a job that needs paddle raises the import error itself
         return

@@ -8,10 +8,15 @@ starting. :func:`quiet_native_output` holds back everything the process writes t
 1 and 2 while such a step runs and then writes it to standard error without the lines of
 :data:`HARMLESS`: anything else (a real warning or error, another thread's output meanwhile) is still
 shown, a moment later. When the step fails, all of it is shown.
+
+``import paddle`` also gives the root logger a stderr handler at INFO, after which every library's
+INFO records reach the terminal (Milvus Lite's index builds and shutdowns, grpc's server errors
+with tracebacks); :func:`root_logging_kept` undoes that.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -66,3 +71,21 @@ def quiet_native_output():
         if shown:
             sys.stderr.write("\n".join(shown) + "\n")
             sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def root_logging_kept():
+    """Put the root logger's level and handlers back as they were when the block ends (for imports
+    that configure logging as if they were the application)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
