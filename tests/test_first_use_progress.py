@@ -76,3 +76,5 @@ def test_the_apps_first_batch_with_a_model_shows_the_download_and_the_one_time_p
     downloading = [i for i, t in enumerate(texts) if DOWNLOADING.match(t)]
     assert preparing and downloading and downloading[-1] < preparing[0], texts
     assert [line for line in log.splitlines() if any(n in line for n in NOISE)] == []
+    stopped = (tmp_path / f"app-{port}.log").read_text()[len(log):]   # after SIGTERM, as docker stop sends
+    assert "FatalError" not in stopped and "C++ Traceback" not in stopped, stopped

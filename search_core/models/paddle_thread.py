@@ -44,6 +44,9 @@ def _start() -> None:
             import paddle
     except Exception:  # noqa: BLE001 - a job that needs paddle raises the import error itself
         return
+    # Paddle's handlers of fatal signals also catch SIGTERM, so stopping the app (docker stop, systemd, kill)
+    # printed a "C++ Traceback ... FatalError: `Termination signal` is detected" block for a normal stop
+    paddle.disable_signal_handler()
     if not paddle.in_dynamic_mode():
         paddle.disable_static()
 
