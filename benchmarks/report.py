@@ -51,7 +51,21 @@ def eval_table(folder: Path | None = None) -> str:
             flags = f"`--every {every}`" if every > 1 else ""
             lines.append(f"| `{m}` | {d} | {r['clips']} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
                          f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {cen} | {flags} |")
+    changes = []
+    for m in models:
+        parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - runs[m, d]['exact']['map_at_k'])}"
+                 for d in DATASETS if (m, d) in runs and runs[m, d].get("centered")]
+        if parts:
+            changes.append(f"`{m}` {', '.join(parts)}")
+    if changes:
+        lines.append(f"\nCentering changes mAP@10 (exact search both ways, points): {'; '.join(changes)}.")
     return "\n".join(lines)
+
+
+def _points(delta: float) -> str:
+    """A change of a score in [0, 1] as signed points: +1.9, −0.3, ±0.0."""
+    p = round(delta * 100, 1)
+    return "±0.0" if p == 0 else f"{'+' if p > 0 else '−'}{abs(p):.1f}"
 
 
 def readme_table(text: str) -> str:
