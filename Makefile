@@ -16,7 +16,7 @@ MILVUS_SERVER := milvus==2.3.5
 MVENV   ?= .venv-milvus
 MSTAMP  := $(MVENV)/.installed
 
-.PHONY: run test venv test-deps milvus-server mariadb benchmark clean
+.PHONY: run test venv test-deps milvus-server mariadb benchmark eval-table clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -60,6 +60,10 @@ test: $(TSTAMP) $(MSTAMP) mariadb
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# every model x dataset retrieval eval on ../shared/data (about an hour), then README's table rewritten from the JSON
+eval-table: $(STAMP)
+	$(BIN)/python benchmarks/report.py eval --run
 
 clean:
 	rm -rf $(VENV) $(MVENV)

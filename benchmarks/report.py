@@ -1,22 +1,40 @@
 """Markdown tables from benchmarks/results/*.json (for README.md and BENCHMARKS.md).
 
-    python benchmarks/report.py eval      # retrieval table from benchmarks/results/eval/*.json
-    python benchmarks/report.py speed     # embedding, ingest and scale tables
+    python benchmarks/report.py eval            # retrieval table from benchmarks/results/eval/*.json
+    python benchmarks/report.py eval --write    # ... written into README.md between its eval-table markers
+    python benchmarks/report.py eval --run      # run every model x dataset eval first (make eval-table)
+    python benchmarks/report.py speed           # embedding, ingest and scale tables
+
+``--run`` runs ``python -m search_core eval DATA/DATASET.csv --model MODEL --center --json`` for every
+model and dataset below (DATA is $SHARED_DATA or ../shared/data; FSDD takes ~15 minutes per model on
+2 cores), keeps each JSON in benchmarks/results/eval/MODEL_DATASET.json and rewrites the README table,
+so the table is always what the stored results say (tests/test_eval_table.py checks it).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+README = REPO / "README.md"
+MODELS = ("aisfx", "resemblyzer", "yamnet", "aisfx_yamnet", "mfcc_stats")
+#: runs on a subset (``--every N``): the combined model runs both members, and its FSDD queries take hours
+EVERY = {("aisfx_yamnet", "fsdd"): 10}
 DATASETS = ("esc50", "fsdd", "emodb")
-FULL = {"esc50": 211, "fsdd": 3000, "emodb": 535}
+START, END = "<!-- eval-table: python benchmarks/report.py eval --run -->", "<!-- /eval-table -->"
 
 
-def eval_table() -> str:
+def eval_table(folder: Path | None = None) -> str:
+    """The README's retrieval table from the eval JSON files in ``folder`` (results/eval)."""
     runs = {}
-    for p in sorted((RESULTS / "eval").glob("*.json")):
+    for p in sorted(Path(folder or RESULTS / "eval").glob("*.json")):
         r = json.loads(p.read_text())
         runs[(r["model"], Path(r["manifest"]).stem)] = r
     models = sorted({m for m, _ in runs}, key=lambda m: (m == "mfcc_stats", m))
@@ -24,17 +42,67 @@ def eval_table() -> str:
             "extra flags |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for m in models:
-        for d in DATASETS:
+        for d in [*DATASETS, *sorted({d for mm, d in runs if mm == m} - set(DATASETS))]:
             r = runs.get((m, d))
             if r is None:
                 continue
             a, c = r["ann"], r.get("centered")
             cen = f"{c['p_at_k']:.3f} / {c['map_at_k']:.3f} / {c['r_at_1']:.3f}" if c else "–"
-            every = round(FULL[d] / r["clips"]) if d in FULL else 1
+            every = r.get("every") or EVERY.get((m, d), 1)
             flags = f"`--every {every}`" if every > 1 else ""
             lines.append(f"| `{m}` | {d} | {r['clips']} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
                          f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {cen} | {flags} |")
+    changes = []
+    for m in models:
+        parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - runs[m, d]['exact']['map_at_k'])}"
+                 for d in DATASETS if (m, d) in runs and runs[m, d].get("centered")]
+        if parts:
+            changes.append(f"`{m}` {', '.join(parts)}")
+    if changes:
+        lines.append(f"\nCentering changes mAP@10 (exact search both ways, points): {'; '.join(changes)}.")
     return "\n".join(lines)
+
+
+def _points(delta: float) -> str:
+    """A change of a score in [0, 1] as signed points: +1.9, −0.3, ±0.0."""
+    p = round(delta * 100, 1)
+    return "±0.0" if p == 0 else f"{'+' if p > 0 else '−'}{abs(p):.1f}"
+
+
+def readme_table(text: str) -> str:
+    """The table between the eval-table markers of README text."""
+    if START not in text or END not in text:
+        raise ValueError(f"README has no {START} ... {END} markers")
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
+
+
+def write_readme(table: str, readme: Path = README) -> None:
+    """Replace the README's table between the markers with ``table``."""
+    text = readme.read_text()
+    old = readme_table(text)
+    readme.write_text(text.replace(f"{START}\n{old}\n{END}", f"{START}\n{table}\n{END}", 1))
+
+
+def run_evals(models=MODELS, datasets=DATASETS, data: Path | None = None, folder: Path | None = None,
+              python: str = sys.executable) -> list[Path]:
+    """Run every model x dataset eval of the product (its CLI), each JSON into ``folder``."""
+    data = Path(data or os.environ.get("SHARED_DATA") or REPO.parent / "shared" / "data")
+    folder = Path(folder or RESULTS / "eval")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for m in models:
+        for d in datasets:
+            manifest = data / f"{d}.csv"
+            t0 = time.monotonic()
+            print(f"==> eval {manifest} --model {m}", file=sys.stderr, flush=True)
+            every = ["--every", str(EVERY[m, d])] if (m, d) in EVERY else []
+            out = subprocess.run([python, "-m", "search_core", "eval", str(manifest), "--model", m, "--center",
+                                  "--json", "--quiet", *every], cwd=REPO, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out)      # only the JSON is on stdout
+            (folder / f"{m}_{d}.json").write_text(json.dumps(result) + "\n")
+            written.append(folder / f"{m}_{d}.json")
+            print(f"    {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    return written
 
 
 def speed_tables() -> str:
@@ -81,6 +149,24 @@ def speed_tables() -> str:
     return "\n".join(out)
 
 
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Markdown tables from benchmarks/results")
+    p.add_argument("what", nargs="?", default="eval", choices=("eval", "speed"))
+    p.add_argument("--run", action="store_true", help="run the evals first (implies --write)")
+    p.add_argument("--write", action="store_true", help="write the eval table into README.md")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    args = p.parse_args(argv)
+    if args.what == "speed":
+        print(speed_tables())
+        return
+    if args.run:
+        run_evals(args.models, args.datasets)
+    table = eval_table()
+    if args.run or args.write:
+        write_readme(table)
+    print(table)
+
+
 if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else "eval"
-    print(eval_table() if what == "eval" else speed_tables())
+    main()

@@ -191,6 +191,7 @@ class EvalResult:
     exact: Metrics           # brute-force cosine over the same stored vectors
     ann_recall: float        # mean ANN recall@k against the exact ranking
     centered: Metrics | None = None  # exact, after subtracting the collection mean
+    every: int = 1           # every n-th manifest row was used (``--every``)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -364,4 +365,4 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         ann=score_rankings(ann_rank, relevant, excluded, k),
         exact=score_rankings(exact_rank, relevant, excluded, k),
         ann_recall=float(np.mean(recall)) if recall else float("nan"),
-        centered=centered, seconds={k_: round(v, 2) for k_, v in times.items()})
+        centered=centered, every=every, seconds={k_: round(v, 2) for k_, v in times.items()})

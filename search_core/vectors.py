@@ -38,6 +38,25 @@ logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ER
 
 #: ``local://<folder>``: a Milvus server run by the app with its data in ``folder`` (milvus_local.py).
 LOCAL_SCHEME = "local://"
+
+
+class _NotImplementedByLite(logging.Filter):
+    """Milvus Lite serves pymilvus from a gRPC server in this process and leaves some calls out
+    (AllocTimestamp, which pymilvus asks for when it waits for a new index and skips when the server
+    does not implement it); grpc logs each such call as an error with a traceback. Only those are
+    dropped: any other error of the server is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
+
+
+logging.getLogger("grpc._server").addFilter(_NotImplementedByLite())
+
+#: gRPC options for Milvus Lite (a server thread in this process): no keepalive pings. pymilvus pings
+#: every 10 s, more often than grpc servers accept by default (5 min), and Lite's server answered with
+#: GOAWAY "too_many_pings" (logged as an error) and a reconnect; a loopback peer needs no liveness check.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2 ** 31 - 1, "grpc.keepalive_permit_without_calls": False}
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 #: Build parameters per index type; search parameters are derived from them in :meth:`search`.
@@ -124,12 +143,14 @@ class VectorStore:
         self.index_type = index_type
         self.search_ef = search_ef
         self.nprobe = nprobe
-        address = uri
+        address, options = uri, {}
         if uri.startswith(LOCAL_SCHEME):  # a server this app runs for its data folder
             from search_core.milvus_local import ensure_server
 
             address = ensure_server(uri[len(LOCAL_SCHEME):])
-        self.client = _Client(MilvusClient(address, timeout=timeout), timeout)
+        elif "://" not in uri:  # Milvus Lite, in this process
+            options = {"grpc_options": LITE_GRPC_OPTIONS}
+        self.client = _Client(MilvusClient(address, timeout=timeout, **options), timeout)
         self._ready: dict[str, int] = {}
         self._deleted: dict[str, float] = {}  # collection -> when this process last deleted from it
         self._lock = threading.Lock()

@@ -21,13 +21,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(data_dir: Path, env: dict | None = None, args: list[str] | None = None, timeout: float = 120):
-    """Yield the base URL of a freshly started app with its own data folder."""
+    """Yield the base URL of a freshly started app with its own data folder (``env`` values of None unset
+    a variable)."""
     port = free_port()
     full_env = {**os.environ, "DATA_DIR": str(data_dir), "GRADIO_ANALYTICS_ENABLED": "False",
                 "SEARCH_CORE_OFFLINE": "1", **(env or {})}
     for var in ("MILVUS_URI", "DATABASE_URL", "LIBRARY_DIR"):
         if var not in (env or {}):
             full_env.pop(var, None)
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     log = open(data_dir.parent / f"app-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), *(args or [])],
                             cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

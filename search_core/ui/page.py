@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from search_core.models import describe, get_model
+from search_core.models import progress as model_progress
 from search_core.service import LibraryService
 
 from .errors import explained
@@ -18,6 +19,12 @@ AUDIO_TYPES = ["audio", ".m4a", ".flac", ".ogg", ".opus"]
 
 #: events that refresh a view without a spinner or an API name
 QUIET = dict(api_name=False, show_progress="hidden")
+
+
+def showing_model_steps(progress):
+    """Within this block, a model's one-time steps (downloading its weights, preparing it once) are
+    the text of the handler's ``gr.Progress``, with the fraction where it is known."""
+    return model_progress.listening(lambda step: progress(step.fraction, desc=step.text))
 
 
 def model_choices(task: str | None = None) -> list[tuple[str, str]]:

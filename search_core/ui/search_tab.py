@@ -13,7 +13,7 @@ from search_core.service import LibraryService
 
 from .errors import explained
 from .hits import MAX_K, search_outputs
-from .page import QUIET, SEARCH_QUEUE
+from .page import QUIET, SEARCH_QUEUE, showing_model_steps
 
 
 def search_handler(svc: LibraryService, render_dir: Path):
@@ -24,7 +24,8 @@ def search_handler(svc: LibraryService, render_dir: Path):
             raise gr.Error("Record or upload a clip first.")
         progress(0.1, desc="embedding the query")
         filters = {"label": label_f, "speaker": speaker_f, "source": source_f, "tag": tag_f}
-        res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
+        with showing_model_steps(progress):
+            res = svc.search(query_path, model, limits.top_k(k, MAX_K), filters=filters)
         progress(0.6, desc="preparing results")
         return search_outputs(res, model, render_dir)
 

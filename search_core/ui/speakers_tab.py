@@ -10,7 +10,7 @@ from search_core.service import LibraryService
 
 from .admin import Gate
 from .errors import explained, public_message
-from .page import AUDIO_TYPES, IMPORT_QUEUE, SEARCH_QUEUE
+from .page import AUDIO_TYPES, IMPORT_QUEUE, SEARCH_QUEUE, showing_model_steps
 
 
 def speakers_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
@@ -27,18 +27,20 @@ def speakers_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
         return rows, ("" if rows else "No speaker enrolled yet: enrol one above from a few clips of their "
                                       "voice (admin), then *Identify* names them.")
 
-    def do_enrol(name, clips, model, add, state, request: gr.Request):
+    def do_enrol(name, clips, model, add, state, request: gr.Request, progress=gr.Progress()):
         require_admin(state, request)
         if not clips:
             raise gr.Error("Choose one or more clips of the speaker.")
         paths = [f if isinstance(f, str) else f.name for f in clips]
-        sp = svc.speakers.enrol(name or "", paths, model, add=bool(add))
+        with showing_model_steps(progress):
+            sp = svc.speakers.enrol(name or "", paths, model, add=bool(add))
         return f"Enrolled **{html.escape(sp.name)}** with {sp.model} from {sp.n_clips} clip(s).", speaker_rows()
 
-    def do_identify(clip, model):
+    def do_identify(clip, model, progress=gr.Progress()):
         if not clip:
             raise gr.Error("Record or upload a clip first.")
-        res = svc.speakers.identify(clip, model)
+        with showing_model_steps(progress):
+            res = svc.speakers.identify(clip, model)
         verdict = (f"**{html.escape(res.name)}**" if res.known else
                    "**unknown** — no enrolled speaker is close enough")
         text = (f"{verdict} (cosine similarity {res.score:.3f}; the threshold for {model} is {res.threshold:.3f})")
