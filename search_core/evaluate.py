@@ -273,7 +273,8 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
         settings = temporary_settings(data_dir)
     svc = LibraryService(settings)
     try:
-        return _evaluate(svc, manifest, rows, model, rules, k, with_centered, progress, clean_name)
+        return replace(_evaluate(svc, manifest, rows, model, rules, k, with_centered, progress, clean_name),
+                       every=every)
     finally:
         svc.close()
         if tmp is not None:
@@ -365,4 +366,4 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         ann=score_rankings(ann_rank, relevant, excluded, k),
         exact=score_rankings(exact_rank, relevant, excluded, k),
         ann_recall=float(np.mean(recall)) if recall else float("nan"),
-        centered=centered, every=every, seconds={k_: round(v, 2) for k_, v in times.items()})
+        centered=centered, seconds={k_: round(v, 2) for k_, v in times.items()})

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "search_core"
 #: A module has one reason to change and a few hundred lines at most.
 MAX_LINES = 400
 #: Longer modules that predate the limit; they may shrink, never grow.
-KNOWN_LONGER = {"audio.py": 422, "webguard.py": 468, "models/paddlespeech_weights.py": 458}
+KNOWN_LONGER = {"audio.py": 422, "webguard.py": 468, "models/paddlespeech_weights.py": 424}
 #: Only the faces may import the service (the one face of the engine); the rooms below it never do:
 #: the CLI, the evaluation, the HTTP API and the page's tabs (search_core/ui/).
 FACE_USERS = {"search_core.__main__", "search_core.evaluate", "search_core.http_api"}
