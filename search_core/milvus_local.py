@@ -31,6 +31,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,6 +185,21 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
                        f"{_log_tail(folder)}")
 
 
+def _start_twice(folder: Path, binary: Path, timeout_s: float) -> dict:
+    """:func:`_start`, and once more if the server started but never answered: a restart on a
+    folder whose last server was killed was seen (once, on a loaded machine) to hang with its
+    proxy unregistered while the old one's session was still in etcd; the first try gets half the
+    time, the second all of it."""
+    try:
+        return _start(folder, binary, timeout_s / 2)
+    except RuntimeError as err:
+        if "did not answer" not in str(err):
+            raise
+        print(f"search_core: the local Milvus server in {folder} did not answer within {timeout_s / 2:.0f} s; "
+              "starting it once more", file=sys.stderr, flush=True)
+        return _start(folder, binary, timeout_s)
+
+
 def _stop_group(pid: int, grace_s: float) -> None:
     """Stop the launcher's process group (launcher + ``milvus``): SIGTERM, SIGKILL after ``grace_s``
     (at once when 0), and return once it is gone."""
@@ -248,7 +264,7 @@ def ensure_server(folder: str | os.PathLike, binary: str | os.PathLike | None = 
         if not (running and _answers(state["port"], timeout=15)):
             if running:  # there but not answering: hung
                 _stop_group(state["pid"], grace_s=0)
-            state = _start(folder, launcher(binary), timeout_s)
+            state = _start_twice(folder, launcher(binary), timeout_s)
             _wait_serving(state["port"], timeout_s)
     return f"http://127.0.0.1:{state['port']}"
 

@@ -157,3 +157,29 @@ def test_the_app_stopped_with_sigterm_stops_its_milvus_server(tmp_path):
         folder = data / "milvus-server"
         if folder.is_dir() and not milvus_local.stopped(folder, timeout_s=1):
             milvus_local._stop_group(_server_pid(folder), grace_s=0)
+
+
+def test_a_server_that_starts_but_never_answers_is_started_once_more(tmp_path, monkeypatch):
+    """Seen once under load: a restarted server whose proxy never came up. The first try gets half
+    the start time, then one more start gets all of it; any other failure is not retried."""
+    calls = []
+
+    def fake_start(folder, binary, timeout_s):
+        calls.append(timeout_s)
+        if len(calls) == 1:
+            raise RuntimeError(f"the local Milvus server in {folder} did not answer within {timeout_s:.0f} s:\n")
+        return {"pid": 1, "port": 2}
+
+    monkeypatch.setattr(milvus_local, "_start", fake_start)
+    assert milvus_local._start_twice(tmp_path, tmp_path / "bin", 100.0) == {"pid": 1, "port": 2}
+    assert calls == [50.0, 100.0]
+
+    def crashes(folder, binary, timeout_s):
+        calls.append(timeout_s)
+        raise RuntimeError(f"the local Milvus server in {folder} exited with 1:\n")
+
+    calls.clear()
+    monkeypatch.setattr(milvus_local, "_start", crashes)
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        milvus_local._start_twice(tmp_path, tmp_path / "bin", 100.0)
+    assert calls == [50.0]
