@@ -112,7 +112,7 @@ def _state(folder: Path) -> dict:
         return {}
 
 
-def _configured_port(folder: Path) -> int | None:
+def configured_port(folder: Path) -> int | None:
     """The proxy port the launcher wrote into its config (it moves on when the one asked for is busy)."""
     cfg = folder / "configs" / "milvus.yaml"
     section = None
@@ -125,7 +125,7 @@ def _configured_port(folder: Path) -> int | None:
     return None
 
 
-def _etcd_config(folder: Path) -> Path:
+def etcd_config(folder: Path) -> Path:
     """The embedded etcd's config, written once with free ports (else it takes 2379/2380, and a
     second server on the machine, e.g. docker-compose's or the tests', could not start)."""
     path = folder / "embedEtcd.yaml"
@@ -138,7 +138,7 @@ def _etcd_config(folder: Path) -> Path:
     return path
 
 
-def _etcd_port(etcd_yaml: Path) -> int:
+def etcd_port(etcd_yaml: Path) -> int:
     return int(re.search(r"listen-client-urls: http://127.0.0.1:(\d+)", etcd_yaml.read_text()).group(1))
 
 
@@ -156,9 +156,9 @@ def _log_tail(folder: Path, lines: int = 20) -> str:
 
 def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
     """Start the launcher on ``folder``; returns the state written to ``server.json``."""
-    etcd_yaml = _etcd_config(folder)
+    etcd_yaml = etcd_config(folder)
     port = _state(folder).get("port") or _free_port()
-    argv = [str(binary), "--data", str(folder), "--proxy-port", str(port), "--etcd-port", str(_etcd_port(etcd_yaml)),
+    argv = [str(binary), "--data", str(folder), "--proxy-port", str(port), "--etcd-port", str(etcd_port(etcd_yaml)),
             # Milvus' default waits up to 30 min on SIGTERM for a standalone query node to hand its
             # segments to another (there is none); written data is safe in its log either way
             "--extra-config", f"common.gracefulStopTimeout={GRACEFUL_STOP_S}",
@@ -174,7 +174,7 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
         if proc.poll() is not None:
             raise RuntimeError(f"the local Milvus server in {folder} exited with {proc.returncode}:\n"
                                f"{_log_tail(folder)}")
-        got = _configured_port(folder)
+        got = configured_port(folder)
         if got and _answers(got, timeout=2):
             state = {"pid": proc.pid, "port": got}
             (folder / "server.json").write_text(json.dumps(state))

@@ -12,12 +12,13 @@ the ``milvus`` child again directly, with the command, folder and environment th
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from search_core import milvus_local
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BIN = REPO / ".venv-milvus" / "bin" / "milvus-server"
@@ -83,18 +84,9 @@ class MilvusServer:
         raise RuntimeError(f"milvus-server did not answer on {self.uri} within {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def _embedded_etcd(self) -> int:
-        """Write the embedded etcd's config with free ports; returns its client port.
-
-        Without it the embedded etcd listens on 2379/2380 whatever the launcher says, so a second
-        server on the machine (another checkout's tests, a developer's own) could not start.
-        """
-        client, peer = free_port(), free_port()
-        (self.data_dir / "embedEtcd.yaml").write_text(
-            f"name: default\n"
-            f"listen-client-urls: http://127.0.0.1:{client}\nadvertise-client-urls: http://127.0.0.1:{client}\n"
-            f"listen-peer-urls: http://127.0.0.1:{peer}\ninitial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
-            f"initial-cluster: default=http://127.0.0.1:{peer}\n")
-        return client
+        """Write the embedded etcd's config with free ports, as the product's own server does
+        (:func:`search_core.milvus_local.etcd_config`); returns its client port."""
+        return milvus_local.etcd_port(milvus_local.etcd_config(self.data_dir))
 
     def _milvus_child(self) -> tuple[list[str], str, dict]:
         """argv, working folder and environment of the launcher's ``milvus`` child (from /proc)."""
@@ -158,15 +150,7 @@ class MilvusServer:
 
     def configured_port(self) -> int | None:
         """The proxy port in the config the launcher wrote (it moves on silently when a port is busy)."""
-        cfg = self.data_dir / "configs" / "milvus.yaml"
-        section = None
-        for line in cfg.read_text().splitlines() if cfg.is_file() else []:
-            if re.match(r"^\w", line):
-                section = line.split(":")[0]
-            m = re.match(r"^  port:\s*(\d+)", line)
-            if section == "proxy" and m:
-                return int(m.group(1))
-        return None
+        return milvus_local.configured_port(self.data_dir)
 
     def kill(self) -> None:
         """SIGKILL the launcher and its ``milvus`` child (a crash, as far as the clients can tell)."""
