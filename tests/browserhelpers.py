@@ -54,6 +54,8 @@ def choose_files(page, selector: str, *paths: str | os.PathLike) -> None:
     chooser.value.set_files([str(p) for p in paths])
     for p in paths:
         page.locator(selector).get_by_text(Path(p).name).first.wait_for()
+    # the names show before the upload ends; a file is the server's once it has its download link
+    page.locator(f"{selector} a[href*='file=']").nth(len(paths) - 1).wait_for(state="attached")
 
 
 def upload_query(page, path: str | os.PathLike) -> None:
