@@ -61,7 +61,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers(port: int, timeout: float = 5.0) -> bool:
+def answers(port: int, timeout: float = 5.0) -> bool:
     """Whether a Milvus server on 127.0.0.1:``port`` lists its collections within ``timeout``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -175,7 +175,7 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
             raise RuntimeError(f"the local Milvus server in {folder} exited with {proc.returncode}:\n"
                                f"{_log_tail(folder)}")
         got = configured_port(folder)
-        if got and _answers(got, timeout=2):
+        if got and answers(got, timeout=2):
             state = {"pid": proc.pid, "port": got}
             (folder / "server.json").write_text(json.dumps(state))
             return state
@@ -223,14 +223,14 @@ def _stop_group(pid: int, grace_s: float) -> None:
             time.sleep(0.2)
 
 
-def _wait_serving(port: int, timeout_s: float) -> None:
-    """Return once every collection answers a Strong count: a server started on existing data
-    replays its log first, and until then a read that does not wait (Session without a write of
-    this process, Bounded) would find a library emptier than it is."""
+def wait_serving(uri: str, timeout_s: float) -> None:
+    """Return once every collection of the server (or database) at ``uri`` answers a Strong count: a
+    server started on existing data replays its log first, and until then a read that does not wait
+    (Session without a write of this process, Bounded) would find a library emptier than it is."""
     from pymilvus import MilvusClient
 
     deadline = time.monotonic() + timeout_s
-    client = MilvusClient(f"http://127.0.0.1:{port}", timeout=30)
+    client = MilvusClient(uri, timeout=30)
     try:
         for name in client.list_collections():
             while True:
@@ -261,11 +261,11 @@ def ensure_server(folder: str | os.PathLike, binary: str | os.PathLike | None = 
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = _state(folder)
         running = _alive(state.get("pid"), folder)
-        if not (running and _answers(state["port"], timeout=15)):
+        if not (running and answers(state["port"], timeout=15)):
             if running:  # there but not answering: hung
                 _stop_group(state["pid"], grace_s=0)
             state = _start_twice(folder, launcher(binary), timeout_s)
-            _wait_serving(state["port"], timeout_s)
+            wait_serving(f"http://127.0.0.1:{state['port']}", timeout_s)
     return f"http://127.0.0.1:{state['port']}"
 
 

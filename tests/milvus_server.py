@@ -106,7 +106,8 @@ class MilvusServer:
 
     def wait_until_serving(self, timeout_s: float) -> None:
         """Return once every collection of every database answers a Strong query: a restarted
-        server reloads them first, and its Strong reads can wait tens of seconds until then."""
+        server reloads them first, and its Strong reads can wait tens of seconds until then
+        (:func:`search_core.milvus_local.wait_serving`, database by database)."""
         from pymilvus import MilvusClient
 
         deadline = time.monotonic() + timeout_s
@@ -116,37 +117,11 @@ class MilvusServer:
         finally:
             admin.close()
         for db in databases:
-            client = MilvusClient(f"{self.uri}/{db}", timeout=30)
-            try:
-                for name in client.list_collections():
-                    while True:
-                        try:
-                            client.load_collection(name, timeout=120)
-                            client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong",
-                                         timeout=30)
-                            break
-                        except Exception:  # noqa: BLE001 - still recovering
-                            if time.monotonic() > deadline:
-                                raise
-                            time.sleep(1)
-            finally:
-                client.close()
+            milvus_local.wait_serving(f"{self.uri}/{db}", max(1.0, deadline - time.monotonic()))
 
     def answers(self) -> bool:
         """Whether the server lists its collections within a few seconds."""
-        from pymilvus import MilvusClient
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                pass
-            client = MilvusClient(self.uri, timeout=5)
-            try:
-                client.list_collections(timeout=5)
-            finally:
-                client.close()
-            return True
-        except Exception:  # noqa: BLE001 - not up yet
-            return False
+        return milvus_local.answers(self.port, timeout=5)
 
     def configured_port(self) -> int | None:
         """The proxy port in the config the launcher wrote (it moves on silently when a port is busy)."""
