@@ -42,12 +42,9 @@ class WheelMember:
         return f"{self.package}-{self.version}-{Path(self.member).name}"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def weights_path(spec: WheelMember, weights_dir: Path) -> Path:
