@@ -160,6 +160,21 @@ def stop_like_ctrl_c_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def check_files_quietly(svc: LibraryService) -> None:
+    """:meth:`LibraryService.check_files`, its outcome one log line (a store that is down now is
+    checked by the next start or ``python -m search_core recover``)."""
+    import logging
+
+    log = logging.getLogger("search_core.app")
+    try:
+        rep = svc.check_files()
+    except Exception as err:  # noqa: BLE001 - a background check must not end the app
+        log.warning("library file check not done: %s", public_message(err))
+        return
+    if rep.changed:
+        log.warning("library file check: %s", {k: v for k, v in vars(rep).items() if v})
+
+
 def main(argv: list[str] | None = None) -> None:
     from search_core import http_api
 
@@ -174,9 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     gs = GuardSettings.from_env()
     trust_forwarding_from(gs.trusted_proxies)  # before uvicorn starts: it reads FORWARDED_ALLOW_IPS
-    svc = LibraryService(settings)
-    # load the default model in the background: the first search should not pay for it
+    svc = LibraryService(settings, recover="start")  # O(interrupted writes), not O(library)
+    # in the background: load the default model (the first search should not pay for it), and
+    # check the library's files against its rows (a stat per clip: minutes at 1M clips)
     threading.Thread(target=svc.warm_up, args=(settings.default_sound_model,), daemon=True).start()
+    threading.Thread(target=check_files_quietly, args=(svc,), daemon=True).start()
     guard = make_guard(access, gs)
     demo = build_app(svc, access, guard, cache_max_age_s=gs.cache_max_age_s)
     start_janitor(demo, guard, gs)

@@ -24,7 +24,10 @@ for every write would cost) and with Bounded (Milvus' default, which does not se
 own recent writes). Milvus Lite ignores the level. ``--breakdown`` times Milvus Lite layer by
 layer (``VectorStore``, pymilvus, the in-process engine, FAISS alone) and profiles its engine.
 ``local`` ends by stopping its server and timing a new start on the filled data (server ready,
-then ``LibraryService`` with its recovery). Results: benchmarks/results/backends<tag>.json and
+then ``LibraryService`` with the app's start-up recovery, the background file check, and the full
+recovery as the baseline); ``--e2e N`` then times a fresh app-like process on it (start-up, N
+end-to-end ``aisfx`` searches of 5 s clips, peak RSS). Each size after the first is loaded while
+another thread searches every 0.5 s (answers, errors, latency). Results: benchmarks/results/backends<tag>.json and
 benchmarks/backends_latency_vs_size<tag>.png.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -167,10 +171,15 @@ def group_rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
-def local_restart(settings) -> dict:
+def local_restart(settings, e2e: int = 0) -> dict:
     """Stop the app's local server on the filled folder, then time a new process' way back:
-    server start + log replay + every collection answering (``ensure_server``), and the
-    ``LibraryService`` start-up (recovery sweeps every id) on top; the server's resident size."""
+    server start + log replay + every collection answering (``ensure_server``); the app's
+    ``LibraryService`` start-up (``recover="start"``: interrupted writes and two counts per
+    model) on top; then the part the app runs in the background (``check_files``) and, as the
+    baseline of the same run, the full ``recover()`` that start-up ran before (every id listed).
+    With ``e2e``, a fresh app-like process then times its own start-up, the ``aisfx`` load and
+    ``e2e`` end-to-end searches of 5 s clips, with its peak resident size. The server's resident
+    size, filled and after the restart."""
     from search_core import milvus_local
     from search_core.service import LibraryService
 
@@ -191,21 +200,91 @@ def local_restart(settings) -> dict:
     t0 = time.perf_counter()
     milvus_local.ensure_server(folder)
     server_s = time.perf_counter() - t0
-    svc = LibraryService(settings)
+    svc = LibraryService(settings, recover="start")
     total_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    files = svc.check_files()
+    files_s = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    full = svc.recover()
+    full_s = time.perf_counter() - t1
     rss_after = group_rss_mb(milvus_local._state(Path(folder))["pid"])
-    svc.close()
-    out = {"stop_s": stop_s and round(stop_s, 1), "server_ready_s": round(server_s, 1), "service_start_s": round(total_s, 1),
+    out = {"stop_s": stop_s and round(stop_s, 1), "server_ready_s": round(server_s, 1),
+           "service_start_s": round(total_s, 1), "start_recovery_s": round(total_s - server_s, 2),
+           "background_file_check_s": round(files_s, 1), "full_recover_s_baseline": round(full_s, 1),
+           "recoveries_changed": files.changed or full.changed,
            "server_rss_mb_filled": rss_before, "server_rss_mb_after_restart": rss_after,
            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    if e2e:
+        child = subprocess.run([sys.executable, __file__, "--app-child", str(settings.data_dir), settings.milvus_uri,
+                                "--queries", str(e2e)], capture_output=True, text=True, cwd=REPO)
+        line = (child.stdout.strip().splitlines() or ["{}"])[-1]
+        out["app_process"] = json.loads(line) if child.returncode == 0 else {"error": child.stderr[-800:]}
+    svc.close()
     print("local restart", out, flush=True)
     milvus_local.release(folder)
     milvus_local.stopped(folder, 120)
     return out
 
 
+def app_child(data_dir: str, uri: str, queries: int) -> None:
+    """Run in a fresh process on the filled store (its server running): what the app's engine
+    costs: start-up as the app opens it, the ``aisfx`` load, end-to-end searches of 5 s clips
+    (decode + embed + search + join), peak resident size."""
+    from _common import peak_rss_mb, rss_mb, write_clips
+
+    from search_core.evaluate import temporary_settings
+    from search_core.service import LibraryService
+
+    t0 = time.perf_counter()
+    settings = replace(temporary_settings(data_dir), milvus_uri=uri)
+    svc = LibraryService(settings, recover="start")
+    startup = time.perf_counter() - t0
+    wavs = write_clips(Path(data_dir) / "queries", min(queries, 30))
+    t1 = time.perf_counter()
+    svc.search(wavs[0], MODEL, 10)  # model load + first-call warm-up
+    model_s = time.perf_counter() - t1
+    secs, res = time_calls(lambda p: svc.search(p, MODEL, 10), (wavs * (queries // len(wavs) + 1))[:queries])
+    parts = {key: percentiles([r.seconds[key] for r in res]) for key in ("embed", "search")}
+    print(json.dumps({"startup_s_with_imports": round(startup, 2), "first_search_with_model_load_s": round(model_s, 2),
+                      "end_to_end": percentiles(secs), "end_to_end_parts": parts, "count": svc.vectors.count(MODEL),
+                      "rss_mb_end": rss_mb(), "peak_rss_mb": peak_rss_mb()}))
+    svc.close()
+
+
+class Searcher:
+    """Searches the collection from another thread while a bulk load runs: is it searchable?"""
+
+    def __init__(self, svc, Q: np.ndarray):
+        import threading
+
+        self.svc, self.Q, self.secs, self.errors, self.empty = svc, Q, [], [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                hits = self.svc.search_vector(self.Q[i % len(self.Q)], MODEL, 10)
+                self.secs.append(time.perf_counter() - t0)
+                self.empty += not hits
+            except Exception as err:  # noqa: BLE001 - counted, the load goes on
+                self.errors.append(str(err)[:200])
+            i += 1
+            self._stop.wait(0.5)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"searches": len(self.secs), "errors": len(self.errors), "first_errors": self.errors[:3],
+                "empty_answers": self.empty, **(percentiles(self.secs) if self.secs else {})}
+
+
 def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int,
-                breakdown: bool = False) -> dict:
+                breakdown: bool = False, e2e: int = 0) -> dict:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
@@ -228,13 +307,18 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
         for size in sorted(sizes):
             X = clustered(size - have, DIM, size, centres)
             parts.append(X)
+            searcher = Searcher(svc, Q) if have else None  # the library searched while it grows
             t0 = time.perf_counter()
             bulk_rows(svc, MODEL, have + 1, len(X))
+            rows_s = time.perf_counter() - t0
             svc.vectors.upsert(MODEL, np.arange(have + 1, size + 1), X)
             insert_s = time.perf_counter() - t0
             have = size
             index_s = wait_indexed(svc, size)
-            row = {"insert_s": round(insert_s, 1), "flush_and_index_s": round(index_s, 1), "levels": {},
+            during = searcher.stop() if searcher else None
+            row = {"insert_s": round(insert_s, 1), "rows_insert_s": round(rows_s, 1),
+                   "rows_per_s": round(len(X) / insert_s), "searches_during_load_and_index": during,
+                   "flush_and_index_s": round(index_s, 1), "levels": {},
                    "numpy_exact": exact_scan(np.concatenate(parts), Q)}
             truth = exact_top(np.concatenate(parts), Q, 10)
             if breakdown and kind == "lite":
@@ -246,7 +330,7 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
             out[str(size)] = row
         svc.close()
         if kind == "local":
-            out["restart"] = local_restart(settings)
+            out["restart"] = local_restart(settings, e2e)
     finally:
         if server:
             server.kill()
@@ -296,7 +380,12 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=["lite", "server", "local"], choices=["lite", "server", "local"])
     ap.add_argument("--breakdown", action="store_true", help="time Milvus Lite layer by layer (and profile it)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--e2e", type=int, default=0,
+                    help="local: after the restart, a fresh process times this many end-to-end aisfx searches")
+    ap.add_argument("--app-child", nargs=2, metavar=("DATA_DIR", "URI"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.app_child:
+        return app_child(*args.app_child, args.queries)
 
     centres = np.random.default_rng(1).standard_normal((N_CLUSTERS, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -304,7 +393,7 @@ def main() -> None:
     results = {"dim": DIM, "vectors": "clustered synthetic", "queries": args.queries, "writes": args.writes,
                "index": "HNSW", "backends": {}}
     for kind in args.backends:
-        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown)
+        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown, args.e2e)
         path = save(f"backends{args.tag}", results)
         plot(json.loads(path.read_text()), REPO / "benchmarks" / f"backends_latency_vs_size{args.tag}.png")
 

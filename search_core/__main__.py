@@ -34,10 +34,11 @@ from .models import WeightsNotInstalled, custom_model_problems, describe, model_
 _open: list = []  # services this command opened; closed on exit (gives their writer lease up)
 
 
-def _service():
+def _service(recover: bool | str = "start"):
+    """The library service; its start-up recovery is the cheap part (``recover`` does it all)."""
     from .service import LibraryService
 
-    _open.append(LibraryService(get_settings()))
+    _open.append(LibraryService(get_settings(), recover=recover))
     return _open[-1]
 
 
@@ -146,7 +147,7 @@ def cmd_drop(args) -> int:
 
 
 def cmd_recover(args) -> int:
-    svc = _service()  # start-up already recovers; report a second, on-demand pass plus checks
+    svc = _service()  # start-up did the cheap part; this pass lists every vector and file
     rep = svc.recover()
     print(json.dumps({**vars(rep), **svc.check()}))
     return 0

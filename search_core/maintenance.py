@@ -5,7 +5,8 @@ Write order of a delete (so that no fault leaves a vector without its row, or th
     one transaction: status 'deleting'          (hidden from search at once)
       -> Milvus delete -> one transaction: delete rows -> remove the file
 
-:meth:`Maintenance.recover` (run on start-up, after a failed write, and on demand) finishes or
+:meth:`Maintenance.recover` (after a failed write, and on demand; start-up runs its cheap part,
+:meth:`Maintenance.recover_at_start`, and :meth:`Maintenance.check_files` later) finishes or
 rolls back whatever a fault interrupted, one clip-and-model at a time: pending rows whose vectors
 all exist become ready, otherwise all of that clip's rows and vectors for the model go;
 'deleting' rows are deleted; ready rows whose vector the store lost are rolled back (a rerun
@@ -90,54 +91,103 @@ class Maintenance:
         a vector is an orphan only if it has no row after the vectors were listed (a live writer
         writes its rows before its vectors). A ready clip whose file is gone is removed whole
         and named in the report (its content cannot be restored from here; ingest it again).
+        ``sweep_vectors=False`` skips listing every vector (after a failed write: its own rows
+        say what it left).
         """
-        st, meta, vectors = self.stores, self.stores.meta, self.stores.vectors
+        st = self.stores
         rep = RecoveryReport()
         with st.write_lock:
-            self._forget_dead_writers()
-            by_model: dict[str, dict[str, list[int]]] = {}
-            for vid, model, status in meta.unfinished(owner=st.owner):
-                by_model.setdefault(model, {}).setdefault(status, []).append(vid)
-            for model, groups in by_model.items():
-                pending = groups.get(PENDING, [])
-                if pending:
-                    present = vectors.existing_ids(model, pending)
-                    # a clip is complete only if every one of its segments made it; otherwise
-                    # the whole clip is rolled back (no half-indexed clip ever becomes ready)
-                    done, undo = [], []
-                    for ids in meta.vector_groups(pending).values():
-                        (done if all(i in present for i in ids) else undo).extend(ids)
-                    rep.completed += len(meta.set_status(done, READY))
-                    vectors.delete(model, [i for i in undo if i in present])
-                    meta.delete_vector_rows(undo)
-                    rep.rolled_back += len(undo)
-                deleting = groups.get(DELETING, [])
-                if deleting:
-                    vectors.delete(model, deleting)
-                    meta.delete_vector_rows(deleting)
-                    rep.deleted_rows += len(deleting)
+            self._finish_unfinished(rep)
             if sweep_vectors:
-                for model in vectors.collections():
-                    ready_rows = set(meta.vector_ids(model, READY))  # before the vectors: each has one
-                    have = vectors.all_ids(model)
-                    extra = sorted(have - meta.existing_rows(have))  # rows read after the vectors
-                    if extra:
-                        vectors.delete(model, extra)
-                        rep.orphan_vectors += len(extra)
-                    lost = sorted(ready_rows - have)  # ready rows whose vector the store lost
-                    if lost:
-                        undo = [i for ids in meta.vector_groups(lost).values() for i in ids]
-                        vectors.delete(model, [i for i in undo if i in have])
-                        meta.delete_vector_rows(undo)
-                        rep.rolled_back += len(undo)
-            self._remove_clips_without_files(rep)
-            for clip in meta.delete_clips_without_vectors():
-                st.remove_file(clip.stored_name)
-                rep.orphan_clips += 1
-            self._sweep_files(rep)
-            meta.drop_expired_leases()
+                self._sweep_vectors(st.vectors.collections(), rep)
+            self._check_files(rep)
+            st.meta.drop_expired_leases()
             st.unrecovered = False
         return rep
+
+    def recover_at_start(self) -> RecoveryReport:
+        """The part of :meth:`recover` a process must do before it serves: O(unfinished writes).
+
+        Interrupted writes are finished or rolled back as by :meth:`recover`; then each
+        collection's vector count (a Strong read) is compared with its number of rows, and only
+        a collection whose counts differ has every id listed and swept. Library files are not
+        looked at: :meth:`check_files` does that (the app runs it in the background once its
+        page is up; a missing file only hides a hit until then). Listing every id of a 1M
+        collection takes minutes on a server; two counts take milliseconds.
+        """
+        st = self.stores
+        rep = RecoveryReport()
+        with st.write_lock:
+            self._finish_unfinished(rep)
+            self._sweep_vectors([m for m in st.vectors.collections()
+                                 if st.vectors.count(m, strong=True) != st.meta.count_vectors(m, status=None)], rep)
+            for clip in st.meta.delete_clips_without_vectors():
+                st.remove_file(clip.stored_name)
+                rep.orphan_clips += 1
+            st.meta.drop_expired_leases()
+            st.unrecovered = False
+        return rep
+
+    def check_files(self) -> RecoveryReport:
+        """The library-file part of :meth:`recover`: clips whose file is gone are removed (and
+        named), files without a row are deleted. O(library): a stat per clip, a listing of the
+        library folder."""
+        rep = RecoveryReport()
+        with self.stores.write_lock:
+            self._check_files(rep)
+        return rep
+
+    def _finish_unfinished(self, rep: RecoveryReport) -> None:
+        """Pending rows whose vectors all exist become ready, otherwise the clip's rows and vectors
+        for the model go; 'deleting' rows are deleted (only rows recovery may touch, see recover)."""
+        st, meta, vectors = self.stores, self.stores.meta, self.stores.vectors
+        self._forget_dead_writers()
+        by_model: dict[str, dict[str, list[int]]] = {}
+        for vid, model, status in meta.unfinished(owner=st.owner):
+            by_model.setdefault(model, {}).setdefault(status, []).append(vid)
+        for model, groups in by_model.items():
+            pending = groups.get(PENDING, [])
+            if pending:
+                present = vectors.existing_ids(model, pending)
+                # a clip is complete only if every one of its segments made it; otherwise
+                # the whole clip is rolled back (no half-indexed clip ever becomes ready)
+                done, undo = [], []
+                for ids in meta.vector_groups(pending).values():
+                    (done if all(i in present for i in ids) else undo).extend(ids)
+                rep.completed += len(meta.set_status(done, READY))
+                vectors.delete(model, [i for i in undo if i in present])
+                meta.delete_vector_rows(undo)
+                rep.rolled_back += len(undo)
+            deleting = groups.get(DELETING, [])
+            if deleting:
+                vectors.delete(model, deleting)
+                meta.delete_vector_rows(deleting)
+                rep.deleted_rows += len(deleting)
+
+    def _sweep_vectors(self, models, rep: RecoveryReport) -> None:
+        """Vectors without a row are deleted; ready rows whose vector the store lost are rolled
+        back with the rest of their clip's rows for the model (a rerun re-adds them)."""
+        meta, vectors = self.stores.meta, self.stores.vectors
+        for model in models:
+            ready_rows = set(meta.vector_ids(model, READY))  # before the vectors: each has one
+            have = vectors.all_ids(model)
+            extra = sorted(have - meta.existing_rows(have))  # rows read after the vectors
+            if extra:
+                vectors.delete(model, extra)
+                rep.orphan_vectors += len(extra)
+            lost = sorted(ready_rows - have)  # ready rows whose vector the store lost
+            if lost:
+                undo = [i for ids in meta.vector_groups(lost).values() for i in ids]
+                vectors.delete(model, [i for i in undo if i in have])
+                meta.delete_vector_rows(undo)
+                rep.rolled_back += len(undo)
+
+    def _check_files(self, rep: RecoveryReport) -> None:
+        self._remove_clips_without_files(rep)
+        for clip in self.stores.meta.delete_clips_without_vectors():
+            self.stores.remove_file(clip.stored_name)
+            rep.orphan_clips += 1
+        self._sweep_files(rep)
 
     def _remove_clips_without_files(self, rep: RecoveryReport) -> None:
         """Delete (vectors first, then rows) every clip whose library file is gone, unless a live

@@ -44,7 +44,12 @@ __all__ = ["LibraryService", "IngestItem", "IngestReport", "Hit", "SearchResult"
 class LibraryService:
     """Ingest, search, browse, delete and recover. Thread-safe; one per process is enough."""
 
-    def __init__(self, settings: Settings | None = None, *, recover: bool = True):
+    def __init__(self, settings: Settings | None = None, *, recover: bool | str = True):
+        """Open the stores and recover: ``recover=True`` runs the whole :meth:`recover`;
+        ``"start"`` only what must precede serving (interrupted writes, and a vector sweep of a
+        collection whose count disagrees with its rows; see
+        :meth:`~search_core.maintenance.Maintenance.recover_at_start`), leaving the O(library)
+        file check to :meth:`check_files`; ``False`` nothing."""
         self.settings = s = settings or get_settings()
         self.library_dir = s.library_dir
         self.fingerprints = duplicates.FingerprintCache()
@@ -59,7 +64,9 @@ class LibraryService:
             writer = Writer(st, self.fingerprints, on_error=lambda: self._recover_after_error(),
                             recover=lambda **kw: self.recover(**kw))
             self._ingest = Ingest(st, writer)
-            if recover:
+            if recover == "start":
+                self._maintenance.recover_at_start()
+            elif recover:
                 self.recover()
         except Exception as err:
             fault = service_fault(err, s)
@@ -209,6 +216,12 @@ class LibraryService:
         """Finish or roll back interrupted writes; remove orphans of every kind (see
         :meth:`search_core.maintenance.Maintenance.recover`)."""
         return self._maintenance.recover(sweep_vectors)
+
+    @_faults_reported
+    def check_files(self) -> RecoveryReport:
+        """Remove clips whose library file is gone and files that are no clip's (the part of
+        recovery that stats every file; the app runs it in the background after start-up)."""
+        return self._maintenance.check_files()
 
     @_faults_reported
     def check(self) -> dict[str, int]:

@@ -309,13 +309,16 @@ class VectorStore:
             with self._lock:
                 self._deleted[name] = time.monotonic()
 
-    def count(self, model: str) -> int:
+    def count(self, model: str, strong: bool = False) -> int:
+        """Vectors in ``model``'s collection; ``strong``: every process' writes counted (a
+        recovery read, see the module docstring)."""
         if not self.exists(model):
             return 0
         name = collection_name(model)
         self.ensure_loaded(name)
         res = self._read(name, lambda level: self.client.query(name, filter="", output_fields=["count(*)"],
-                                                               consistency_level=level))
+                                                               consistency_level=level),
+                         level=self.RECOVERY if strong else None)
         return int(res[0]["count(*)"])
 
     def _read(self, name: str, call, level: str | None = None):
