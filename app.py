@@ -22,7 +22,7 @@ from pathlib import Path
 import gradio as gr
 
 from search_core.config import Settings, get_settings
-from search_core.service import LibraryService
+from search_core.service import LibraryService, OpeningService
 from search_core.ui.admin import Access, Gate, access_from_env
 from search_core.ui.duplicates_tab import duplicates_tab
 from search_core.ui.errors import FRIENDLY_ERRORS, explained, public_message
@@ -81,7 +81,8 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
 
         # -- what every visitor sees is current: on each page load, and after each change --------
         menus = [search.model, library.menus[0], speakers.model, library.menus[1]]
-        demo.load(library.counts_md, None, [library.counts], **QUIET)
+        demo.load(library.counts_md, None, [library.counts], **QUIET)  # (the library may still be opening:
+        demo.load(library.first_page, None, [library.grid], **QUIET)    # nothing is read while the page is built)
         demo.load(model_menus, None, menus, **QUIET)
         demo.load(speakers.view, None, speakers.outputs, **QUIET)
         demo.load(duplicates.view, None, duplicates.outputs, **QUIET)
@@ -160,14 +161,14 @@ def stop_like_ctrl_c_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def check_files_quietly(svc: LibraryService) -> None:
-    """:meth:`LibraryService.check_files`, its outcome one log line (a store that is down now is
-    checked by the next start or ``python -m search_core recover``)."""
+def check_files_quietly(svc: OpeningService) -> None:
+    """:meth:`LibraryService.check_files` once the library is open, its outcome one log line (a
+    store that is down now is checked by the next start or ``python -m search_core recover``)."""
     import logging
 
     log = logging.getLogger("search_core.app")
     try:
-        rep = svc.check_files()
+        rep = svc.wait(timeout=3600).check_files()
     except Exception as err:  # noqa: BLE001 - a background check must not end the app
         log.warning("library file check not done: %s", public_message(err))
         return
@@ -189,9 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     gs = GuardSettings.from_env()
     trust_forwarding_from(gs.trusted_proxies)  # before uvicorn starts: it reads FORWARDED_ALLOW_IPS
-    svc = LibraryService(settings, recover="start")  # O(interrupted writes), not O(library)
+    # the page is served while the stores open (a Milvus server takes 15-40 s to start and load);
+    # start-up recovery is O(interrupted writes), not O(library)
+    svc = OpeningService(settings, recover="start")
     # in the background: load the default model (the first search should not pay for it), and
-    # check the library's files against its rows (a stat per clip: minutes at 1M clips)
+    # check the library's files against its rows once it is open (a stat per clip)
     threading.Thread(target=svc.warm_up, args=(settings.default_sound_model,), daemon=True).start()
     threading.Thread(target=check_files_quietly, args=(svc,), daemon=True).start()
     guard = make_guard(access, gs)

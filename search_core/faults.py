@@ -41,6 +41,22 @@ class ServiceUnavailable(RuntimeError):
         return ServiceUnavailable(self.service, self.address, stored, self.detail)
 
 
+class StillOpening(ServiceUnavailable):
+    """The library's stores are still opening (a Milvus server starting, its collections loading)."""
+
+    def __init__(self, waited_s: float):
+        self.service, self.address, self.stored, self.detail = "The library", "", None, "opening"
+        self.waited_s = waited_s
+        RuntimeError.__init__(self, f"The library is still opening (its vector store starts and loads its "
+                                    f"collections; {waited_s:.0f} s so far); try again in a moment.")
+
+    def public_text(self) -> str:
+        return str(self)
+
+    def with_stored(self, stored: int) -> "StillOpening":
+        return self
+
+
 def mask_address(uri: str) -> str:
     """``uri`` with any password replaced by ``***``."""
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", str(uri))

@@ -24,7 +24,7 @@ from . import duplicates, limits
 from .audio import AudioError
 from .config import Settings, get_settings
 from .embedding import segment_params, warm_up
-from .faults import _faults_reported, service_fault
+from .faults import StillOpening, _faults_reported, service_fault
 from .ingest import BATCH_AUDIO_S, Ingest, collect_folder, plan_batches, read_manifest  # noqa: F401
 from .maintenance import Maintenance
 from .metadata import ClipRow
@@ -227,3 +227,74 @@ class LibraryService:
     def check(self) -> dict[str, int]:
         """Consistency figures: rows without vectors, vectors without rows, files without rows."""
         return self._maintenance.check()
+
+
+class OpeningService:
+    """A :class:`LibraryService` opened in a background thread, so that a page can be served
+    before its stores answer (a Milvus server takes 15–40 s to start and load its collections).
+
+    Until it is open, its ``settings`` and ``library_dir`` are at hand and any other attribute
+    waits up to ``wait_s`` for it, then raises :class:`~search_core.faults.StillOpening` (one
+    sentence). If opening failed (a store down), that error is raised, and the next call tries
+    to open it again, so the page recovers once the store is back.
+    """
+
+    def __init__(self, settings: Settings, wait_s: float = 60.0, **kwargs):
+        import threading
+
+        self.settings, self.library_dir, self.wait_s, self._kwargs = settings, settings.library_dir, wait_s, kwargs
+        self._lock = threading.Lock()
+        self._svc: LibraryService | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._started = 0.0
+        self._start()
+
+    def _start(self) -> None:
+        import threading
+        import time
+
+        self._done.clear()
+        self._error, self._started = None, time.monotonic()
+        threading.Thread(target=self._open, daemon=True, name="library-open").start()
+
+    def _open(self) -> None:
+        try:
+            self._svc = LibraryService(self.settings, **self._kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the next caller
+            self._error = err
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> LibraryService:
+        """The open service; waits up to ``timeout`` (default ``wait_s``) seconds for it."""
+        import time
+
+        with self._lock:
+            if self._done.is_set() and self._svc is None:  # the last attempt failed: try again
+                self._start()
+        if not self._done.wait(self.wait_s if timeout is None else timeout):
+            raise StillOpening(time.monotonic() - self._started)
+        if self._svc is None:
+            raise self._error
+        return self._svc
+
+    @property
+    def is_open(self) -> bool:
+        return self._svc is not None
+
+    models = staticmethod(model_names)  # what needs no store is answered at once
+    model = staticmethod(get_model)
+
+    @staticmethod
+    def warm_up(model: str) -> bool:
+        return warm_up(model)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.wait(), name)
+
+    def close(self) -> None:
+        if self._svc is not None:
+            self._svc.close()

@@ -173,3 +173,68 @@ def test_the_app_says_milvus_is_down_and_works_again_once_it_is_back(tmp_path, m
         assert sorted(c.original_name for c, _ in svc.list_clips(MODEL)) == ["c0.wav", "c1.wav", "c2.wav"]
     finally:
         svc.close()
+
+
+def test_the_app_serves_its_page_while_milvus_is_down_at_start_and_works_once_it_is_back(
+        tmp_path, milvus_server, milvus_uri, own_mysql_url):
+    """A store down when the app starts used to end the start with a traceback: no page at all.
+    Now the page is served at once, an action says which store is not answering, and the first
+    action after the store is back opens the library."""
+    from gradio_client import Client, handle_file
+
+    from apphelpers import running_app
+
+    paths = [write_wav(tmp_path / f"c{i}.wav", sound(i)) for i in range(2)]
+    data = tmp_path / "data"
+    data.mkdir()
+    milvus_server.kill()
+    try:
+        with running_app(data, env={"MILVUS_URI": milvus_uri, "DATABASE_URL": own_mysql_url,
+                                    "MILVUS_TIMEOUT_S": "20"}) as url:
+            client = Client(url, verbose=False)
+
+            def ingest():  # as a user does: "try again in a moment" while the library opens
+                deadline = time.monotonic() + 300
+                while True:
+                    try:
+                        return client.predict([handle_file(str(p)) for p in paths], MODEL, "", "", "",
+                                              api_name="/ingest")[0]
+                    except Exception as err:  # noqa: BLE001
+                        if "still opening" not in str(err) or time.monotonic() > deadline:
+                            raise
+            with pytest.raises(Exception) as err:
+                ingest()
+            assert "Milvus is not answering; 0 clips stored before it stopped; try again once it is back." \
+                in str(err.value)
+            milvus_server.start()
+            assert "2 added" in ingest()
+            hits = client.predict(query_path=handle_file(str(paths[0])), model=MODEL, k=2, api_name="/search")[-1]
+            assert hits[0]["name"] == "c0.wav"
+    finally:
+        if milvus_server.proc is None:
+            milvus_server.start()
+
+
+def test_a_library_still_opening_says_so_and_answers_once_open(tmp_path, monkeypatch):
+    """The page is served while the stores open (a Milvus server takes 15-40 s to start and load):
+    a call meanwhile waits, then says the library is still opening; once open, calls go through."""
+    import threading
+
+    from search_core import service as service_mod
+    from search_core.faults import StillOpening
+
+    gate = threading.Event()
+    real = service_mod.LibraryService
+
+    def slow_open(settings, **kw):
+        gate.wait(30)
+        return real(settings, **kw)
+    monkeypatch.setattr(service_mod, "LibraryService", slow_open)
+    settings = make_settings(tmp_path)
+    svc = service_mod.OpeningService(settings, wait_s=0.5, recover="start")
+    assert svc.library_dir == settings.library_dir and MODEL in svc.models()  # no store needed: at once
+    with pytest.raises(StillOpening, match=r"The library is still opening .* s so far\); try again in a moment"):
+        svc.count(MODEL)
+    gate.set()
+    assert svc.wait(30) and svc.count(MODEL) == 0 and svc.is_open
+    svc.close()

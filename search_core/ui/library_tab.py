@@ -1,6 +1,8 @@
 """The Library tab: add files or a server folder, counts per model, a browsable list, delete, drop."""
 from __future__ import annotations
 
+import functools
+
 import html
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,7 +142,7 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
     handler (run on page load) and the events that change the library."""
     h = library_handlers(svc, gate)
     with gr.Tab("Library", id="library"):
-        counts = gr.Markdown(h.counts_md, elem_id="library-counts")  # fresh on every page load
+        counts = gr.Markdown("Counting the library…", elem_id="library-counts")  # filled on every page load (app.py)
         login_box(gate.access, throttle, state)
         lib_model = gr.Dropdown(choices=choices, value=default_model, label="Model to index with",
                                 elem_id="library-model")
@@ -169,7 +171,7 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
             page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
             refresh = gr.Button("Refresh", scale=1)
         grid = gr.Dataframe(headers=["id", "name", "duration (s)", "added", "label", "speaker", "models"],
-                            value=lambda: h.browse_rows(default_model, ""), interactive=False,
+                            interactive=False,  # filled on every page load (app.py: first_page)
                             wrap=True, column_widths=LIST_COLUMN_WIDTHS, elem_id="library-table")
         # delete: pick the clip in the list, then confirm (the id travels in a hidden field: /delete's input)
         with gr.Row(equal_height=True):
@@ -208,5 +210,6 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
                                  api_name="drop", show_progress="hidden")
         gr.Button("Count", visible=False).click(h.counts_md, None, [counts], api_name="count")
     return SimpleNamespace(counts=counts, counts_md=h.counts_md, menus=[lib_model, drop_model], delete=h.delete,
+                           first_page=functools.partial(h.browse_rows, default_model, ""),
                            model=lib_model, query=browse_q, grid=grid,
                            ingested=ingested, imported=imported, deleted=deleted, dropped=dropped)
