@@ -118,8 +118,11 @@ def cmd_count(args) -> int:
     if args.model:
         print(svc.count(args.model))
     else:
-        for model, n in sorted(svc.counts().items()):
+        counts = svc.counts()
+        for model, n in sorted(counts.items()):
             print(f"{model}: {n}")
+        if not counts:
+            print("0 clips: the library is empty (add some with: python -m search_core ingest FILES)")
     return 0
 
 

@@ -96,6 +96,7 @@ def test_limits_functions_take_numbers_as_people_type_them():
 def test_cli_refuses_the_same_values(tmp_path):
     cli = cli_runner(tmp_path / "data")
     f = write_wav(tmp_path / "q.wav", sound(5))
+    assert cli("count").startswith("0 clips: the library is empty")  # not an empty line
     cli("ingest", str(f), "--model", MODEL)
     out = _stderr_of(tmp_path, "search", str(f), "--model", MODEL, "--tag", BIG_TAG)
     assert "error: The tag filter is 50001 characters long; at most 255 are allowed." in out
