@@ -30,6 +30,9 @@ class LibraryMap:
     fitted_on: int              # clips the projection was fitted on
     refitted: bool              # fitted on this call
     placed: int                 # clips placed on this call (added since the last drawing)
+    #: ``(low, high)`` corners of the fitted landmarks' box: every placed clip lies inside, and it stays
+    #: the same until the next fit, so a view scaled to it does not move when clips are added
+    bounds: tuple[np.ndarray, np.ndarray] = (np.full(2, -1.0), np.full(2, 1.0))
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -95,6 +98,7 @@ class MapRoom:
         ids = [cid for cid in ids if cid in rows]  # a clip deleted meanwhile
         xy = np.asarray([proj.positions[cid] for cid in ids], dtype=np.float32).reshape(-1, 2)
         t1 = time.perf_counter()
-        return LibraryMap(model, [rows[cid] for cid in ids], xy, proj.fitted_on, refitted, placed, t1 - t0,
+        bounds = (proj.landmark_xy.min(axis=0), proj.landmark_xy.max(axis=0))
+        return LibraryMap(model, [rows[cid] for cid in ids], xy, proj.fitted_on, refitted, placed, bounds, t1 - t0,
                           {"rows": t_rows - t0, "vectors": t_vec - t_rows, "projection": t_fit - t_vec,
                            "clips": t1 - t_fit})

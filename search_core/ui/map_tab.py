@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 
 from search_core import limits
 from search_core.service import LibraryService
@@ -20,7 +21,7 @@ from search_core.service import LibraryService
 from .errors import explained
 from .page import SEARCH_QUEUE
 
-#: Positions are sent as whole numbers 0..GRID (1/10 000 of the map's side: finer than any screen).
+#: Positions are sent as whole numbers 0..GRID on each axis (finer than any screen).
 GRID = 10_000
 #: ten distinct colours (Tableau 10) for the commonest labels; further labels get hues around the circle
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
@@ -48,7 +49,9 @@ def map_json(m) -> str:
     labels = [lab for lab, _ in Counter(names).most_common()]
     index = {lab: i for i, lab in enumerate(labels)}
     counts = Counter(names)
-    xy = ((m.xy + 1.0) / 2.0 * GRID).round().astype(int).clip(0, GRID)
+    lo, hi = m.bounds  # each axis fills the box; the same box until the map is fitted again
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    xy = (np.where(hi - lo > 0, (m.xy - lo) / span, 0.5) * GRID).round().astype(int).clip(0, GRID)
     return json.dumps({"model": m.model, "labels": labels, "counts": [counts[lab] for lab in labels],
                        "colors": label_colors(labels), "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
                        "id": [c.id for c in m.clips], "l": [index[n] for n in names],
@@ -147,13 +150,14 @@ function draw() {
   const g = c.getContext('2d'); g.setTransform(r, 0, 0, r, 0, 0); g.clearRect(0, 0, w, h);
   if (!st.d) { g.fillStyle = '#888'; g.font = '14px sans-serif';
                g.fillText('Choose a model and press "Draw the map".', 16, 28); st.px = null; return; }
-  const d = st.d, n = d.id.length, pad = 14, side = Math.min(w, h) - 2 * pad;
-  const ox = (w - side) / 2, oy = (h - side) / 2, px = new Float32Array(2 * n);
-  for (let i = 0; i < n; i++) { px[2 * i] = ox + d.x[i] / 10000 * side; px[2 * i + 1] = oy + (1 - d.y[i] / 10000) * side; }
+  const d = st.d, n = d.id.length, pad = 14, px = new Float32Array(2 * n);
+  for (let i = 0; i < n; i++) { px[2 * i] = pad + d.x[i] / 10000 * (w - 2 * pad);
+                                px[2 * i + 1] = pad + (1 - d.y[i] / 10000) * (h - 2 * pad); }
   st.px = px;
   const rad = n > 3000 ? 2 : n > 500 ? 3 : 4;
-  g.globalAlpha = 0.85;
-  for (let i = 0; i < n; i++) { g.fillStyle = d.colors[d.l[i]]; g.fillRect(px[2 * i] - rad, px[2 * i + 1] - rad, 2 * rad, 2 * rad); }
+  g.globalAlpha = 0.8;
+  for (let i = 0; i < n; i++) { g.fillStyle = d.colors[d.l[i]]; g.beginPath();
+                                g.arc(px[2 * i], px[2 * i + 1], rad, 0, 6.2832); g.fill(); }
   g.globalAlpha = 1;
   const ring = (i, color, size) => { g.beginPath(); g.arc(px[2 * i], px[2 * i + 1], size, 0, 6.2832);
                                      g.strokeStyle = color; g.lineWidth = 2; g.stroke(); };
