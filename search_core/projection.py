@@ -9,8 +9,8 @@ plus a matrix product, and the map is fitted again only when asked or when the l
 by :data:`REFIT_GROWTH` since its fit (:func:`needs_refit`).
 
 Why not PCA alone: on 211 ESC-50 clips (aisfx, 25 labels) the 5 nearest neighbours of a clip share its
-label 57 % of the time in the embedding space, 57 % on this map and 21 % on the first two principal
-components (README, *Library map*).
+label 56.5 % of the time in the embedding space, 54.2 % on this map and 20.7 % on the first two principal
+components (``benchmarks/libmap_bench.py``, README *Library map*).
 
 :func:`save` / :func:`load` keep a fitted projection and the positions already computed in one
 ``.npz`` file, replaced atomically, so processes sharing a data folder never read half a file.

@@ -147,3 +147,25 @@ def test_the_service_caches_the_map_and_places_clips_added_since(service, tmp_pa
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         service.library_map("nope")
     assert service.clip(item.clip_id).original_name == "k2_5.wav" and service.clip(99999) is None
+
+
+def test_the_cli_writes_the_map_as_a_csv_or_a_picture(tmp_path):
+    from PIL import Image
+
+    from conftest import cli_runner
+
+    cli = cli_runner(tmp_path / "data")
+    for kind in range(2):
+        for t in range(4):
+            y = sound(kind) + 0.02 * np.random.default_rng([kind, t]).standard_normal(32000).astype(np.float32)
+            write_wav(tmp_path / "in" / f"k{kind}_{t}.wav", y)
+    cli("ingest", str(tmp_path / "in"), "--model", MODEL)
+    out = cli("map", "--model", MODEL, "--out", str(tmp_path / "map.csv"))
+    assert "8 clips of mfcc_stats (fitted now on 8 clips" in out
+    rows = (tmp_path / "map.csv").read_text().splitlines()
+    assert rows[0] == "clip_id,name,label,x,y" and len(rows) == 9
+    assert "fitted earlier, 0 clip(s) placed since" in cli("map", "--model", MODEL, "--out", str(tmp_path / "m.png"))
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.size == (1200, 800) and len(img.getcolors(1 << 16)) > 3  # dots and a legend, not blank
+    cli("map", "--model", MODEL, "--out", str(tmp_path / "m.txt"), code=2)  # "name a .png ... or a .csv"
+    assert not (tmp_path / "m.txt").exists()

@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 
 from search_core import limits
+from search_core.plots import NO_LABEL, label_colors
 from search_core.service import LibraryService
 
 from .errors import explained
@@ -23,25 +24,6 @@ from .page import SEARCH_QUEUE
 
 #: Positions are sent as whole numbers 0..GRID on each axis (finer than any screen).
 GRID = 10_000
-#: ten distinct colours (Tableau 10) for the commonest labels; further labels get hues around the circle
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#17becf"]
-NO_LABEL = "(no label)"
-
-
-def label_colors(labels: list[str]) -> list[str]:
-    """A colour per label (in the order given, commonest first): the palette, then golden-angle hues."""
-    out = []
-    for i, lab in enumerate(labels):
-        if lab == NO_LABEL:
-            out.append("#b0b0b0")
-        elif i < len(PALETTE):
-            out.append(PALETTE[i])
-        else:
-            out.append(f"hsl({(i * 137.508) % 360:.0f},60%,{42 + (i % 3) * 8}%)")
-    return out
-
-
 def map_json(m) -> str:
     """The map as the canvas reads it: labels (commonest first) with colours, and per point its
     position on the grid, clip id, label index and name."""
@@ -218,7 +200,7 @@ def map_tab(svc: LibraryService, choices, default_model) -> SimpleNamespace:
                          elem_id="library-map", hits=[])
         with gr.Row(equal_height=False):
             with gr.Column(min_width=280):
-                clip_no = gr.Number(label="Chosen clip id (or type one and press Enter)", precision=0,
+                clip_no = gr.Number(None, label="Chosen clip id (or type one and press Enter)", precision=0,
                                     elem_id="map-clip")
                 info = gr.Markdown(elem_id="map-clip-info")
                 player = gr.Audio(label="Chosen clip", interactive=False, type="filepath", elem_id="map-audio")
