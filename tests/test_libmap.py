@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import sound, write_wav
+from conftest import ENGINE_STORES, sound, write_wav
 from search_core import projection as P
 
 
@@ -113,6 +113,7 @@ def test_saved_and_loaded_whole(tmp_path):
 MODEL = "mfcc_stats"
 
 
+@pytest.mark.stores(*ENGINE_STORES)
 def test_the_service_caches_the_map_and_places_clips_added_since(service, tmp_path):
     with pytest.raises(ValueError, match=f"No clips for {MODEL} yet"):
         service.library_map(MODEL)
