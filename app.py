@@ -29,6 +29,7 @@ from search_core.ui.errors import FRIENDLY_ERRORS, explained, public_message
 from search_core.ui.hits import (MAX_K, _envelope, _thumbnail_png, hit_audio, hit_html, hit_waveform, query_note,
                                  score_bar, search_outputs, segment_wav)
 from search_core.ui.library_tab import library_tab
+from search_core.ui.map_tab import map_tab
 from search_core.ui.page import CSS, HEAD, IMPORT_QUEUE, QUIET, SEARCH_QUEUE, model_choices, model_menus
 from search_core.ui.search_tab import hit_deleted as search_hit_deleted, search_tab
 from search_core.ui.speakers_tab import speakers_tab
@@ -71,6 +72,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         state = gr.State({"admin": not access.login_required})
         search = search_tab(svc, render_dir, choices, default_model, examples)
         library = library_tab(svc, gate, throttle, state, choices, default_model)
+        libmap = map_tab(svc, choices, default_model)
         speakers = speakers_tab(svc, gate, state, choices, default_model)
         duplicates = duplicates_tab(svc)
 
@@ -80,17 +82,18 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         hit_deleted.success(search_hit_deleted, [search.delete_slot], search.delete_outputs, **QUIET)
 
         # -- what every visitor sees is current: on each page load, and after each change --------
-        menus = [search.model, library.menus[0], speakers.model, library.menus[1]]
+        menus = [search.model, library.menus[0], speakers.model, library.menus[1], libmap.model]
+        all_menus = functools.partial(model_menus, len(menus))
         demo.load(library.counts_md, None, [library.counts], **QUIET)  # (the library may still be opening:
         demo.load(library.first_page, None, [library.grid], **QUIET)    # nothing is read while the page is built)
-        demo.load(model_menus, None, menus, **QUIET)
+        demo.load(all_menus, None, menus, **QUIET)
         demo.load(speakers.view, None, speakers.outputs, **QUIET)
         demo.load(duplicates.view, None, duplicates.outputs, **QUIET)
         for menu in menus:  # opening a dropdown reads the status again (weights may have arrived)
             menu.focus(functools.partial(model_menus, 1), None, [menu], **QUIET)
         for done in (search.searched, library.ingested, library.imported, speakers.enrolled,
                      speakers.identified):  # a model may have just loaded
-            done.then(model_menus, None, menus, **QUIET)
+            done.then(all_menus, None, menus, **QUIET)
         for changed in (library.ingested, library.imported, library.deleted, library.dropped, duplicates.listed,
                         hit_deleted):
             changed.success(duplicates.view, None, duplicates.outputs, **QUIET)

@@ -13,6 +13,7 @@
     python -m search_core enrol NAME FILE [FILE ...] [--model M] [--add]
     python -m search_core identify FILE [FILE ...] [--model M] [--threshold T] [--json]
     python -m search_core speakers [--model M] [--delete NAME]
+    python -m search_core map --model M --out map.png|map.csv [--refit]
     python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center]
 """
 from __future__ import annotations
@@ -195,6 +196,29 @@ def cmd_duplicates(args) -> int:
     return 0
 
 
+def cmd_map(args) -> int:
+    svc = _service()
+    model = args.model or svc.settings.default_sound_model
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".csv"):
+        raise ValueError(f"--out {out.name}: name a .png (a picture) or a .csv (the coordinates)")
+    m = svc.library_map(model, refit=args.refit)
+    if out.suffix.lower() == ".csv":
+        import csv
+
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["clip_id", "name", "label", "x", "y"])
+            w.writerows([c.id, c.original_name, c.label or "", f"{x:.5f}", f"{y:.5f}"] for c, (x, y) in zip(m.clips, m.xy))
+    else:
+        from .plots import NO_LABEL, map_image
+
+        map_image(m.xy, [c.label or NO_LABEL for c in m.clips]).save(out)
+    how = "fitted now" if m.refitted else f"fitted earlier, {m.placed} clip(s) placed since"
+    print(f"{out}: {len(m)} clips of {model} ({how} on {m.fitted_on} clips; {m.seconds:.1f} s)")
+    return 0
+
+
 def _speaker_model(svc, args) -> str:
     return args.model or svc.settings.default_speaker_model
 
@@ -289,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model")
     s.add_argument("--delete", metavar="NAME")
     s.set_defaults(fn=cmd_speakers)
+    s = sub.add_parser("map", help="the library of a model as a 2-D map: a PNG picture or a CSV of coordinates")
+    s.add_argument("--model", help="default: DEFAULT_SOUND_MODEL")
+    s.add_argument("--out", required=True, help="map.png (dots coloured by label) or map.csv (clip_id,name,label,x,y)")
+    s.add_argument("--refit", action="store_true", help="fit the map again (else clips added since are placed on it)")
+    s.set_defaults(fn=cmd_map)
     s = sub.add_parser("eval", help="retrieval quality of a model on a labelled manifest (P@k, mAP@k, R@1)",
                        description="Index every clip of MANIFEST (in a temporary DATA_DIR unless --data-dir), "
                                    "query with each clip, report P@k, mAP@k, R@1 and the ANN recall@k. "

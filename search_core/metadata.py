@@ -222,6 +222,17 @@ class MetadataStore(LeaseRows):
                 models.setdefault(int(cid), []).append(m)
         return [(r, sorted(models.get(r.id, []))) for r in rows]
 
+    def ready_vectors_by_clip(self, model: str, clip_id: int | None = None) -> dict[int, list[int]]:
+        """``{clip id: its ready vector ids}`` for ``model``: every clip, or only ``clip_id``."""
+        q = sa.select(vectors.c.clip_id, vectors.c.id).where(vectors.c.model == model, vectors.c.status == READY)
+        if clip_id is not None:
+            q = q.where(vectors.c.clip_id == int(clip_id))
+        out: dict[int, list[int]] = {}
+        with self.engine.connect() as c:
+            for cid, vid in c.execute(q.order_by(vectors.c.clip_id, vectors.c.id)):
+                out.setdefault(int(cid), []).append(int(vid))
+        return out
+
     def vector_ids(self, model: str, status: str | None = None) -> list[int]:
         cond = [vectors.c.model == model] + ([vectors.c.status == status] if status else [])
         with self.engine.connect() as c:

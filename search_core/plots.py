@@ -139,3 +139,56 @@ def prune(folder: Path, keep_s: float = 3600.0) -> int:
         except FileNotFoundError:
             pass
     return n
+
+
+# -- the library map -------------------------------------------------------------------------------
+#: ten distinct colours (Tableau 10) for the commonest labels; further labels get hues around the circle
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#17becf"]
+NO_LABEL = "(no label)"
+
+
+def label_colors(labels: list[str]) -> list[str]:
+    """A CSS colour per label (in the order given, commonest first): the palette, then golden-angle hues;
+    grey for :data:`NO_LABEL`."""
+    out = []
+    for i, lab in enumerate(labels):
+        if lab == NO_LABEL:
+            out.append("#b0b0b0")
+        elif i < len(PALETTE):
+            out.append(PALETTE[i])
+        else:
+            out.append(f"hsl({(i * 137.508) % 360:.0f},60%,{42 + (i % 3) * 8}%)")
+    return out
+
+
+def map_image(xy: np.ndarray, labels: list[str], width: int = 1200, height: int = 800,
+              legend_max: int = 30) -> Image.Image:
+    """The library map as a picture: one dot per row of ``xy`` (any range; each axis fills the
+    picture), coloured by ``labels`` (commonest first in the legend on the right)."""
+    from collections import Counter
+
+    from PIL import ImageColor
+
+    order = [lab for lab, _ in Counter(labels).most_common()]
+    colors = dict(zip(order, (ImageColor.getrgb(c) for c in label_colors(order))))
+    legend_w = 220 if order else 0
+    img = Image.new("RGB", (width, height), BG)
+    draw = ImageDraw.Draw(img)
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    pad, w = 16, width - legend_w
+    if len(xy):
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        unit = np.where(hi > lo, (xy - lo) / np.where(hi > lo, hi - lo, 1), 0.5)
+        r = 2 if len(xy) > 3000 else 3 if len(xy) > 500 else 4
+        for (u, v), lab in zip(unit, labels):
+            x, y = pad + u * (w - 2 * pad), pad + (1 - v) * (height - 2 * pad)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colors[lab])
+    counts = Counter(labels)
+    for i, lab in enumerate(order[:legend_max]):
+        y = pad + i * 18
+        draw.ellipse((w + 4, y + 3, w + 14, y + 13), fill=colors[lab])
+        draw.text((w + 20, y), f"{lab} ({counts[lab]})"[:32], fill=(40, 40, 40))
+    if len(order) > legend_max:
+        draw.text((w + 20, pad + legend_max * 18), f"+{len(order) - legend_max} more labels", fill=(40, 40, 40))
+    return img

@@ -26,6 +26,7 @@ from .config import Settings, get_settings
 from .embedding import segment_params, warm_up
 from .faults import StillOpening, _faults_reported, service_fault
 from .ingest import BATCH_AUDIO_S, Ingest, collect_folder, plan_batches, read_manifest  # noqa: F401
+from .libmap import LibraryMap, MapRoom
 from .maintenance import Maintenance
 from .metadata import ClipRow
 from .models import EmbeddingModel, get_model, model_names
@@ -59,6 +60,7 @@ class LibraryService:
             self.meta, self.vectors, self.lease = st.meta, st.vectors, st.lease
             self.speakers = SpeakerRegistry(st.meta, s)  # enrol / identify / list / delete voiceprints
             self._search = Search(st)
+            self._map = MapRoom(st)  # the library map of each model, cached in DATA_DIR/maps
             # the hooks are looked up on this service at each call, so a caller (a test) may replace them
             self._maintenance = Maintenance(st, on_error=lambda: self._recover_after_error())
             writer = Writer(st, self.fingerprints, on_error=lambda: self._recover_after_error(),
@@ -180,7 +182,27 @@ class LibraryService:
         """Search with an embedding; joins ready metadata rows and groups segments by clip."""
         return self._search.search_vector(vec, model, k, filters, exclude_clip, exact_max=FILTER_EXACT_MAX)
 
+    @_faults_reported
+    def search_clip(self, clip_id: int, model: str, k: int = 10, filters: dict | None = None) -> list[Hit]:
+        """The ``k`` clips most similar to library clip ``clip_id`` under ``model`` (itself left out)."""
+        clip_id, k = limits.clip_id(clip_id), limits.top_k(k)
+        get_model(model)  # an unknown model is named as such
+        return self._search.search_clip(clip_id, model, k, filters, exact_max=FILTER_EXACT_MAX)
+
+    # -- map ----------------------------------------------------------------------------
+    @_faults_reported
+    def library_map(self, model: str, refit: bool = False) -> LibraryMap:
+        """Every clip of ``model`` on a 2-D map where similar clips lie close (see
+        :mod:`search_core.libmap`): cached, extended with clips added since, fitted again on ``refit``."""
+        get_model(model)
+        return self._map.draw(model, refit=bool(refit))
+
     # -- browse -------------------------------------------------------------------------
+    @_faults_reported
+    def clip(self, clip_id: int) -> ClipRow | None:
+        """The clip ``clip_id``, or None if there is none."""
+        return self.meta.clip(limits.clip_id(clip_id))
+
     @_faults_reported
     def count(self, model: str | None = None) -> int:
         return self.meta.count_clips(model)

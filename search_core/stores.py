@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .config import Settings
 from .metadata import ClipRow, MetadataStore, WriterLease
 from .vectors import VectorStore
@@ -66,6 +68,18 @@ class Stores:
     def clip_path(self, clip: ClipRow) -> Path:
         """The stored copy of ``clip`` in the library."""
         return self.library_dir / clip.stored_name
+
+    def clip_vectors(self, model: str, by_clip: dict[int, list[int]]) -> dict[int, np.ndarray]:
+        """``{clip id: unit vector}``: each clip's segment vectors (``by_clip``: their ids, see
+        :meth:`MetadataStore.ready_vectors_by_clip`) averaged; clips whose vectors are gone are left out."""
+        stored = self.vectors.get(model, [v for vids in by_clip.values() for v in vids])
+        out = {}
+        for cid, vids in by_clip.items():
+            got = [stored[v] for v in vids if v in stored]
+            if got:
+                mean = np.mean(got, axis=0)
+                out[cid] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        return out
 
     def remove_file(self, stored_name: str) -> None:
         """Remove a library file (only ever one directly inside the library folder)."""
