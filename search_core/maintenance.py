@@ -26,6 +26,7 @@ from typing import Callable
 from . import limits
 from .leases import pid_alive
 from .metadata import DELETING, PENDING, READY
+from .recenter import finish_journal
 from .records import RecoveryReport
 from .stores import TMP_PREFIX, Stores
 from .vectors import collection_name
@@ -72,6 +73,7 @@ class Maintenance:
             ids = st.meta.mark_model_deleting(model, owner=st.owner)
             try:
                 st.meta.delete_near_duplicates(model)
+                st.meta.delete_centers(model)
                 st.vectors.drop(model)
                 st.meta.delete_vector_rows(ids)
                 for clip in st.meta.delete_clips_without_vectors():
@@ -116,6 +118,7 @@ class Maintenance:
                     vectors.delete(model, deleting)
                     meta.delete_vector_rows(deleting)
                     rep.deleted_rows += len(deleting)
+            rep.reindexed += finish_journal(st)
             if sweep_vectors:
                 for model in vectors.collections():
                     ready_rows = set(meta.vector_ids(model, READY))  # before the vectors: each has one
