@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group", help="column of groups whose members are dropped from each other's candidates")
     s.add_argument("--drop-equal", action="append", metavar="COL",
                    help="drop candidates with the query's value in COL (repeatable)")
-    s.add_argument("--center", action="store_true", help="also report exact search after subtracting the mean")
+    s.add_argument("--center", action="store_true", help="also report exact search on the raw embeddings, with and without subtracting their mean")
     s.add_argument("--data-dir", help="keep the stores here instead of a temporary folder")
     s.add_argument("--limit", type=int, help="use only the first N rows")
     s.add_argument("--every", type=int, default=1, help="use every N-th row (a deterministic subset)")
