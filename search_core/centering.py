@@ -73,6 +73,11 @@ def _mean_bytes(mean: np.ndarray | None) -> bytes | None:
     return None if mean is None else np.asarray(mean, dtype="<f8").tobytes()
 
 
+def raw_of(blob: bytes | None) -> np.ndarray | None:
+    """A journal entry's raw embedding."""
+    return None if blob is None else np.frombuffer(blob, dtype="<f8").copy()
+
+
 def _mean_of(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(blob, dtype="<f8").copy()
 
@@ -179,7 +184,7 @@ class CenterRows:
         with self.engine.connect() as c:
             for r in c.execute(q):
                 m = r._mapping
-                out.setdefault(m["model"], {})[int(m["vector_id"])] = np.frombuffer(m["raw"], dtype="<f8").copy()
+                out.setdefault(m["model"], {})[int(m["vector_id"])] = raw_of(m["raw"])
         return out
 
     @retry_conflicts

@@ -14,11 +14,11 @@ from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 
-from .centering import CenterRows
+from .centering import CenterRows, raw_of
 from .leases import LeaseRows, WriterLease, machine_id, pid_alive  # noqa: F401  (re-exported)
 from .schema import (BUSY, DELETING, FILTER_FIELDS, MYSQL_TIMEOUT_S, PENDING, READY, ClipRow,  # noqa: F401
                      NewClip, VectorRef, _chunks, _meta, clips, create_tables, filter_conditions, make_engine,
-                     near_duplicates, retry_conflicts, speakers, utcnow, vectors, writers)
+                     near_duplicates, recenter_journal, retry_conflicts, speakers, utcnow, vectors, writers)
 
 
 class MetadataStore(LeaseRows, CenterRows):
@@ -176,14 +176,17 @@ class MetadataStore(LeaseRows, CenterRows):
         with self.engine.connect() as c:
             for chunk in _chunks(ids):
                 q = (sa.select(vectors.c.id.label("vid"), vectors.c.model, vectors.c.seg, vectors.c.start_s,
-                               vectors.c.end_s, vectors.c.center_version, vectors.c.norm, clips)
+                               vectors.c.end_s, vectors.c.center_version, vectors.c.norm,
+                               recenter_journal.c.raw.label("journal_raw"), clips)
                      .join(clips, clips.c.id == vectors.c.clip_id)
+                     .outerjoin(recenter_journal, recenter_journal.c.vector_id == vectors.c.id)
                      .where(vectors.c.id.in_(chunk), vectors.c.status == READY, *conds))
                 for r in c.execute(q):
                     m = r._mapping
                     out[int(m["vid"])] = VectorRef(int(m["vid"]), m["model"], int(m["seg"]),
                                                    float(m["start_s"]), float(m["end_s"]), ClipRow.from_row(r),
-                                                   int(m["center_version"] or 0), m["norm"])
+                                                   int(m["center_version"] or 0), m["norm"],
+                                                   raw_of(m["journal_raw"]))
         return out
 
     def count_clips(self, model: str | None = None) -> int:

@@ -237,6 +237,7 @@ class VectorRef:
     clip: ClipRow
     center_version: int = 0        # the mean its vector is under (0: none)
     norm: float | None = None      # |x - mean| (None: the stored vector is the raw embedding)
+    raw: object = None             # the raw embedding while a re-index rewrites it (its journal entry)
 
 
 #: Seconds a MySQL connection attempt or a read/write on it may take before the server counts

@@ -127,15 +127,17 @@ class Search:
     def _rescore(self, model: str, hits: list[VectorHit], refs: dict, vec: np.ndarray, center) -> list[VectorHit]:
         """Hits whose vector is still under an older mean (a re-index is under way, or was
         interrupted) scored exactly under the mean in use, so that scores never mix means."""
-        old = [h.id for h in hits if h.id in refs and refs[h.id].center_version != center.version]
-        if not old:
+        journal = {h.id: refs[h.id].raw for h in hits if h.id in refs and refs[h.id].raw is not None}
+        old = [h.id for h in hits if h.id in refs and h.id not in journal
+               and refs[h.id].center_version != center.version]
+        if not old and not journal:
             return hits
-        units = self.stores.vectors.get(model, old)
+        units = self.stores.vectors.get(model, old) if old else {}
         means = self.stores.meta.center_means(model, {refs[i].center_version for i in units})
-        score = {}
-        for i, u in units.items():
-            x = from_index_space(u, [refs[i].norm], means.get(refs[i].center_version))
-            score[i] = float(to_index_space(x, center.mean)[0][0] @ np.asarray(vec, dtype=np.float32))
+        raws = {i: from_index_space(u, [refs[i].norm], means.get(refs[i].center_version)) for i, u in units.items()}
+        raws.update(journal)  # being rewritten right now: the journal has the raw embedding
+        score = {i: float(to_index_space(x, center.mean)[0][0] @ np.asarray(vec, dtype=np.float32))
+                 for i, x in raws.items()}
         out = [VectorHit(h.id, score.get(h.id, h.score)) for h in hits]
         return sorted(out, key=lambda h: -h.score)
 
