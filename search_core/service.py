@@ -246,6 +246,8 @@ class LibraryService:
             text = "not centered (not on by default for this model)"
         if behind:
             text += f"; {behind} vectors are still under an older mean: run recenter to finish"
+        elif recenter.due(self.stores, model):  # the ingest skipped it: other processes share the library
+            text += "; a new mean is due: run recenter (refused while other processes share the library)"
         return f"{model}: {text}"
 
     def raw_vectors(self, model: str, ids: Sequence[int]) -> dict[int, np.ndarray]:

@@ -131,6 +131,11 @@ def test_recenter_refuses_while_another_process_may_be_writing(service, tmp_path
     with pytest.raises(recenter_mod.RecenterRefused, match="other process"):
         service.recenter(MODEL)
     assert service.center(MODEL).version == before.version
+    service.ingest_files(make_clips(tmp_path / "more", 60, start=60), MODEL)   # twice as big: a mean is due ...
+    assert service.center(MODEL).version == before.version                     # ... but not made behind its back
+    assert "a new mean is due" in service.centering_status(MODEL)
+    service.meta.drop_lease("another-writer")
+    assert service.recenter(MODEL).n == 120
 
 
 def test_near_duplicates_are_still_found_in_a_centered_collection(service, tmp_path):
