@@ -161,6 +161,14 @@ class CenterRows:
         with self.engine.connect() as c:
             return [int(r[0]) for r in c.execute(q)]
 
+    def count_behind(self, model: str, version: int) -> int:
+        """How many ready vector rows of ``model`` are not under mean ``version``."""
+        q = (sa.select(sa.func.count()).select_from(vectors).where(
+            vectors.c.model == model, vectors.c.status == READY,
+            sa.func.coalesce(vectors.c.center_version, 0) != int(version)))
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
     @retry_conflicts
     def journal_put(self, model: str, raws: dict[int, np.ndarray], owner: str) -> None:
         """Record the raw embeddings of vectors about to be rewritten (replacing older entries)."""

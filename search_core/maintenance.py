@@ -73,9 +73,9 @@ class Maintenance:
             ids = st.meta.mark_model_deleting(model, owner=st.owner)
             try:
                 st.meta.delete_near_duplicates(model)
-                st.meta.delete_centers(model)
                 st.vectors.drop(model)
                 st.meta.delete_vector_rows(ids)
+                st.meta.delete_centers(model)  # after its rows: until then, their raw embeddings can be read
                 for clip in st.meta.delete_clips_without_vectors():
                     st.remove_file(clip.stored_name)
             except BaseException:

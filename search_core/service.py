@@ -235,7 +235,7 @@ class LibraryService:
     def centering_status(self, model: str) -> str:
         """One sentence on how ``model``'s collection is centered, for the page and the CLI."""
         c = self.meta.center(model)
-        behind = len(self.meta.rows_behind(model, c.version))
+        behind = self.meta.count_behind(model, c.version)
         if c.on:
             text = f"centered on the mean of {c.n} vectors (estimated {c.created_at:%Y-%m-%d %H:%M} UTC)"
         elif c.version:

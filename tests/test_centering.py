@@ -158,6 +158,8 @@ def test_the_recenter_command(tmp_path):
     out = cli("recenter", "--model", MODEL)
     assert "mean of 55 vectors" in out and "55 vectors re-indexed" in out
     assert "not centered (turned off)" in cli("recenter", "--model", MODEL, "--off")
+    cli("drop", MODEL, "--yes")                     # a dropped collection's means go with it
+    assert "not centered yet" in cli("recenter", "--model", MODEL, "--status")
     cli_runner(tmp_path / "empty")("recenter", "--model", MODEL, code=2)   # an empty library: one line, exit 2
 
 
