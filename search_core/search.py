@@ -123,7 +123,6 @@ class Search:
             h.rank = r
         return hits
 
-
     def _rescore(self, model: str, hits: list[VectorHit], refs: dict, vec: np.ndarray, center) -> list[VectorHit]:
         """Hits whose vector is still under an older mean (a re-index is under way, or was
         interrupted) scored exactly under the mean in use, so that scores never mix means."""
