@@ -38,29 +38,47 @@ def eval_table(folder: Path | None = None) -> str:
         r = json.loads(p.read_text())
         runs[(r["model"], Path(r["manifest"]).stem)] = r
     models = sorted({m for m, _ in runs}, key=lambda m: (m == "mfcc_stats", m))
-    head = ("| model | dataset | clips | P@10 | mAP@10 | R@1 | ANN recall@10 | centered P@10 / mAP@10 / R@1 | "
-            "extra flags |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | dataset | clips | index space | P@10 | mAP@10 | R@1 | ANN recall@10 | "
+            "uncentered P@10 / mAP@10 / R@1 | centered P@10 / mAP@10 / R@1 | extra flags |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for m in models:
         for d in [*DATASETS, *sorted({d for mm, d in runs if mm == m} - set(DATASETS))]:
             r = runs.get((m, d))
             if r is None:
                 continue
-            a, c = r["ann"], r.get("centered")
-            cen = f"{c['p_at_k']:.3f} / {c['map_at_k']:.3f} / {c['r_at_1']:.3f}" if c else "–"
+            a = r["ann"]
             every = r.get("every") or EVERY.get((m, d), 1)
             flags = f"`--every {every}`" if every > 1 else ""
-            lines.append(f"| `{m}` | {d} | {r['clips']} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
-                         f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {cen} | {flags} |")
+            lines.append(f"| `{m}` | {d} | {r['clips']} | {_space(r)} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
+                         f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {_triple(_uncentered(r))} | "
+                         f"{_triple(r.get('centered'))} | {flags} |")
     changes = []
     for m in models:
-        parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - runs[m, d]['exact']['map_at_k'])}"
+        parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - _uncentered(runs[m, d])['map_at_k'])}"
                  for d in DATASETS if (m, d) in runs and runs[m, d].get("centered")]
         if parts:
             changes.append(f"`{m}` {', '.join(parts)}")
     if changes:
         lines.append(f"\nCentering changes mAP@10 (exact search both ways, points): {'; '.join(changes)}.")
     return "\n".join(lines)
+
+
+def _space(r: dict) -> str:
+    """The product's index space of a run; runs made before the product centered have no ``space``
+    (their plain columns are the raw space: they are stale for models now centered by default)."""
+    if "space" not in r:
+        return "raw (run before centering)"
+    return "centered" if r["space"].startswith("centered") else "raw"
+
+
+def _uncentered(r: dict) -> dict:
+    """Exact search on the raw embeddings; before the product centered, that was ``exact``."""
+    return r.get("uncentered") or (r["exact"] if "space" not in r else None)
+
+
+def _triple(c: dict | None) -> str:
+    return f"{c['p_at_k']:.3f} / {c['map_at_k']:.3f} / {c['r_at_1']:.3f}" if c else "–"
 
 
 def _points(delta: float) -> str:

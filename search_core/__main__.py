@@ -8,6 +8,7 @@
     python -m search_core delete CLIP_ID [CLIP_ID ...]
     python -m search_core drop MODEL --yes
     python -m search_core recover
+    python -m search_core recenter --model M [--off | --status]     # collection mean + re-index
     python -m search_core search FILE --label dog --tag outdoor     # metadata filters
     python -m search_core duplicates [--model M] [--json]
     python -m search_core enrol NAME FILE [FILE ...] [--model M] [--add]
@@ -158,6 +159,21 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def cmd_recenter(args) -> int:
+    from .recenter import RecenterRefused
+
+    svc = _service()
+    model = args.model or svc.settings.default_sound_model
+    if not args.status:
+        try:
+            print(svc.recenter(model, off=args.off).summary())
+        except RecenterRefused as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    print(svc.centering_status(model))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_manifest, rules_for
 
@@ -293,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true")
     s.set_defaults(fn=cmd_drop)
     sub.add_parser("recover", help="repair interrupted writes, report consistency").set_defaults(fn=cmd_recover)
+    s = sub.add_parser("recenter", help="estimate a model's collection mean again and re-index its vectors")
+    s.add_argument("--model")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--off", action="store_true", help="search the collection uncentered from now on")
+    g.add_argument("--status", action="store_true", help="only say how the collection is centered")
+    s.set_defaults(fn=cmd_recenter)
     s = sub.add_parser("duplicates", help="list groups of near-duplicate clips (marked at ingest)")
     s.add_argument("--model")
     s.add_argument("--json", action="store_true")
@@ -330,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group", help="column of groups whose members are dropped from each other's candidates")
     s.add_argument("--drop-equal", action="append", metavar="COL",
                    help="drop candidates with the query's value in COL (repeatable)")
-    s.add_argument("--center", action="store_true", help="also report exact search after subtracting the mean")
+    s.add_argument("--center", action="store_true", help="also report exact search on the raw embeddings, with and without subtracting their mean")
     s.add_argument("--data-dir", help="keep the stores here instead of a temporary folder")
     s.add_argument("--limit", type=int, help="use only the first N rows")
     s.add_argument("--every", type=int, default=1, help="use every N-th row (a deterministic subset)")

@@ -23,15 +23,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .centering import to_index_space
 from .config import env_unit_float
 from .metadata import ClipRow, MetadataStore
+from .recenter import raw_vectors
 from .stores import Stores
+from .vectors import VectorHit
 
 #: Fingerprint-correlation threshold, from ``benchmarks/near_duplicates.py`` on degraded copies
 #: of the 211 ESC-50 clips of ../shared/data (BENCHMARKS.md, "Near-duplicates").
 THRESHOLD = 0.93
 #: Per model: the least embedding similarity for a clip to be checked as a candidate (a loose
-#: gate that only saves fingerprint work; the recall figures in BENCHMARKS.md include it).
+#: gate that only saves fingerprint work; the recall figures in BENCHMARKS.md include it). The gate applies to the raw
+#: embeddings' cosine, as calibrated: a centered collection (search_core/centering.py) is searched
+#: in its index space and its candidates scored again on their raw embeddings.
 CANDIDATE_GATES: dict[str, float] = {
     "mfcc_stats": 0.90,
 }
@@ -170,8 +175,12 @@ def candidates_many(stores: Stores, model: str,
     rows = [np.atleast_2d(np.asarray(q[0], dtype=np.float32)) for q in queries]
     if not rows or sum(len(r) for r in rows) == 0:
         return [[] for _ in queries]
-    raw = stores.vectors.search(model, np.concatenate([r for r in rows if len(r)]), fetch + 8)
+    center = stores.meta.center(model)
+    queries_raw = np.concatenate([r for r in rows if len(r)])
+    raw = stores.vectors.search(model, to_index_space(queries_raw, center.mean)[0], fetch + 8)
     refs = stores.meta.ready_refs(sorted({h.id for hits in raw for h in hits}))
+    if center.version or any(ref.center_version for ref in refs.values()):
+        raw = _raw_cosines(stores, model, queries_raw, raw)
     gate = CANDIDATE_GATES.get(model, DEFAULT_GATE)
     out, start = [], 0
     for (_, duration_s, exclude_clip, before_clip), r in zip(queries, rows):
@@ -196,6 +205,15 @@ def candidates_many(stores: Stores, model: str,
                 found.append(Match(clips[cid], score))
         out.append(sorted(found, key=lambda m: -m.score)[:MAX_CANDIDATES])
     return out
+
+
+def _raw_cosines(stores: Stores, model: str, queries_raw: np.ndarray, found: list[list]) -> list[list]:
+    """``found`` (hits per query row) scored by the cosine of the raw embeddings."""
+    stored = raw_vectors(stores, model, sorted({h.id for hits in found for h in hits}))
+    q = to_index_space(queries_raw, None)[0]
+    unit = {i: to_index_space(x, None)[0][0] for i, x in stored.items()}
+    return [[VectorHit(h.id, float(q[r] @ unit[h.id])) for h in hits if h.id in unit]
+            for r, hits in enumerate(found)]
 
 
 def best_match(stores: Stores, model: str, vecs: np.ndarray, samples: np.ndarray, rate: int,

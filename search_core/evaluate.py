@@ -190,7 +190,9 @@ class EvalResult:
     ann: Metrics             # through LibraryService.search_vector (Milvus + metadata join)
     exact: Metrics           # brute-force cosine over the same stored vectors
     ann_recall: float        # mean ANN recall@k against the exact ranking
-    centered: Metrics | None = None  # exact, after subtracting the collection mean
+    centered: Metrics | None = None  # exact, raw embeddings minus their mean
+    uncentered: Metrics | None = None  # exact, raw embeddings as the model gives them
+    space: str = "raw"       # the product's index space: "centered (mean of N vectors)" or "raw"
     every: int = 1           # every n-th manifest row was used (``--every``)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -205,9 +207,10 @@ class EvalResult:
                  f"{self.ann.no_relevant} without relevant candidates)",
                  f"  exact: P@{k} {self.exact.p_at_k:.3f}  mAP@{k} {self.exact.map_at_k:.3f}  "
                  f"R@1 {self.exact.r_at_1:.3f};  ANN recall@{k} {self.ann_recall:.3f}"]
-        if self.centered:
-            c = self.centered
-            lines.append(f"  exact, centered: P@{k} {c.p_at_k:.3f}  mAP@{k} {c.map_at_k:.3f}  R@1 {c.r_at_1:.3f}")
+        lines.insert(1, f"  index space: {self.space}")
+        for name, c in (("uncentered", self.uncentered), ("centered", self.centered)):
+            if c:
+                lines.append(f"  exact, {name}: P@{k} {c.p_at_k:.3f}  mAP@{k} {c.map_at_k:.3f}  R@1 {c.r_at_1:.3f}")
         lines.append("  time: " + ", ".join(f"{n} {v:.1f} s" for n, v in self.seconds.items()))
         return "\n".join(lines)
 
@@ -251,7 +254,9 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
     segment grouping); a clip's query vector is its stored vector when it has one segment
     (what :meth:`LibraryService.embed_query` computes for the whole clip), else the whole clip
     is embedded as a query would be. ``every``/``limit`` evaluate every n-th row / the first
-    rows only (a deterministic subset).
+    rows only (a deterministic subset). Ingest centers the collection as the product does
+    (:mod:`search_core.recenter`); ``with_centered`` adds exact search on the raw embeddings
+    (:meth:`LibraryService.raw_vectors`) with and without subtracting their mean.
     """
     from .service import LibraryService, clean_name
 
@@ -280,6 +285,10 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
         if tmp is not None:
             _release_lite(settings.milvus_uri)
             tmp.cleanup()
+
+
+def _space(c) -> str:
+    return f"centered (mean of {c.n} vectors)" if c.on else "raw"
 
 
 def _release_lite(uri: str) -> None:
@@ -352,10 +361,21 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
 
     t0 = time.perf_counter()
     exact_rank = exact_ranking(clip_scores(Q, X, owner, n), excluded, k)
-    centered = None
-    if with_centered:
-        mu = X.astype(np.float64).mean(axis=0)
-        centered = score_rankings(exact_ranking(clip_scores(center(Q, mu), center(X, mu), owner, n),
+    centered = uncentered = None
+    if with_centered:  # the raw embeddings, the product's index space undone
+        raw = svc.raw_vectors(model, vec_ids)
+        Xr = np.stack([raw[v] for v in vec_ids])
+        Qr = np.zeros(Xr.shape, dtype=np.float64)[:n]
+        for i, j in enumerate(owner):
+            if counts[j] == 1:
+                Qr[j] = Xr[i]
+        for j in np.flatnonzero(counts != 1):
+            Qr[j] = svc.embed_query(paths[keep[j]], model, raw=True)[1]
+        zero = np.zeros(Xr.shape[1])
+        uncentered = score_rankings(exact_ranking(clip_scores(center(Qr, zero), center(Xr, zero), owner, n),
+                                                  excluded, k), relevant, excluded, k)
+        mu = Xr.mean(axis=0)
+        centered = score_rankings(exact_ranking(clip_scores(center(Qr, mu), center(Xr, mu), owner, n),
                                                 excluded, k), relevant, excluded, k)
     times["exact"] = time.perf_counter() - t0
     recall = [ann_recall_at_k(a, e, k) for a, e in zip(ann_rank, exact_rank) if e]
@@ -366,4 +386,4 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         ann=score_rankings(ann_rank, relevant, excluded, k),
         exact=score_rankings(exact_rank, relevant, excluded, k),
         ann_recall=float(np.mean(recall)) if recall else float("nan"),
-        centered=centered, seconds={k_: round(v, 2) for k_, v in times.items()})
+        centered=centered, uncentered=uncentered, space=_space(svc.center(model)), seconds={k_: round(v, 2) for k_, v in times.items()})

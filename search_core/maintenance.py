@@ -27,6 +27,7 @@ from typing import Callable
 from . import limits
 from .leases import pid_alive
 from .metadata import DELETING, PENDING, READY
+from .recenter import finish_journal
 from .records import RecoveryReport
 from .stores import TMP_PREFIX, Stores
 from .vectors import collection_name
@@ -75,6 +76,7 @@ class Maintenance:
                 st.meta.delete_near_duplicates(model)
                 st.vectors.drop(model)
                 st.meta.delete_vector_rows(ids)
+                st.meta.delete_centers(model)  # after its rows: until then, their raw embeddings can be read
                 for clip in st.meta.delete_clips_without_vectors():
                     st.remove_file(clip.stored_name)
             except BaseException:
@@ -163,6 +165,7 @@ class Maintenance:
                 vectors.delete(model, deleting)
                 meta.delete_vector_rows(deleting)
                 rep.deleted_rows += len(deleting)
+        rep.reindexed += finish_journal(st)  # a re-index a crash interrupted (search_core.recenter)
 
     def _sweep_vectors(self, models, rep: RecoveryReport) -> None:
         """Vectors without a row are deleted; ready rows whose vector the store lost are rolled

@@ -14,13 +14,14 @@ from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 
+from .centering import CenterRows, raw_of
 from .leases import LeaseRows, WriterLease, machine_id, pid_alive  # noqa: F401  (re-exported)
 from .schema import (BUSY, DELETING, FILTER_FIELDS, MYSQL_TIMEOUT_S, PENDING, READY, ClipRow,  # noqa: F401
                      NewClip, VectorRef, _chunks, _meta, clips, create_tables, filter_conditions, make_engine,
-                     near_duplicates, retry_conflicts, speakers, utcnow, vectors, writers)
+                     near_duplicates, recenter_journal, retry_conflicts, speakers, utcnow, vectors, writers)
 
 
-class MetadataStore(LeaseRows):
+class MetadataStore(LeaseRows, CenterRows):
     """Rows for clips and vectors (and writers' leases, near-duplicate marks, voiceprints).
     Every method is one short transaction."""
 
@@ -51,7 +52,8 @@ class MetadataStore(LeaseRows):
 
     @retry_conflicts
     def begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
-                     owner: str | None = None) -> tuple[int, list[int]] | str | None:
+                     owner: str | None = None, centering: tuple[int, Sequence[float]] | None = None
+                     ) -> tuple[int, list[int]] | str | None:
         """Insert the clip (if new) and one ``pending`` vector row per segment owned by ``owner``,
         in one transaction.
 
@@ -59,14 +61,16 @@ class MetadataStore(LeaseRows):
         ``model`` (ingest is idempotent), or :data:`BUSY` if its rows for ``model`` are unfinished
         (another writer's, or an interrupted write recovery has not handled yet). Another process inserting the same content at the same
         moment makes the first attempt fail on the unique sha256; the second finds its row.
+        ``centering``: ``(mean version, per-segment norms)`` the vectors will be written under.
         """
         try:
-            return self._begin_ingest(new, model, segments, owner)
+            return self._begin_ingest(new, model, segments, owner, centering)
         except sa.exc.IntegrityError:
-            return self._begin_ingest(new, model, segments, owner)
+            return self._begin_ingest(new, model, segments, owner, centering)
 
     def _begin_ingest(self, new: NewClip, model: str, segments: Sequence[tuple[float, float]],
-                      owner: str | None) -> tuple[int, list[int]] | str | None:
+                      owner: str | None, centering) -> tuple[int, list[int]] | str | None:
+        version, norms = centering or (None, [None] * len(segments))
         now = utcnow()
         with self.engine.begin() as c:
             r = c.execute(sa.select(clips.c.id).where(clips.c.sha256 == new.sha256)).first()
@@ -86,7 +90,8 @@ class MetadataStore(LeaseRows):
             for seg, (start, end) in enumerate(segments):
                 ids.append(c.execute(vectors.insert().values(
                     clip_id=clip_id, model=model, seg=seg, start_s=float(start), end_s=float(end),
-                    status=PENDING, created_at=now, owner=owner)).inserted_primary_key[0])
+                    status=PENDING, created_at=now, owner=owner, center_version=version,
+                    norm=None if norms[seg] is None else float(norms[seg]))).inserted_primary_key[0])
         return int(clip_id), [int(i) for i in ids]
 
     @retry_conflicts
@@ -171,13 +176,17 @@ class MetadataStore(LeaseRows):
         with self.engine.connect() as c:
             for chunk in _chunks(ids):
                 q = (sa.select(vectors.c.id.label("vid"), vectors.c.model, vectors.c.seg, vectors.c.start_s,
-                               vectors.c.end_s, clips)
+                               vectors.c.end_s, vectors.c.center_version, vectors.c.norm,
+                               recenter_journal.c.raw.label("journal_raw"), clips)
                      .join(clips, clips.c.id == vectors.c.clip_id)
+                     .outerjoin(recenter_journal, recenter_journal.c.vector_id == vectors.c.id)
                      .where(vectors.c.id.in_(chunk), vectors.c.status == READY, *conds))
                 for r in c.execute(q):
                     m = r._mapping
                     out[int(m["vid"])] = VectorRef(int(m["vid"]), m["model"], int(m["seg"]),
-                                                   float(m["start_s"]), float(m["end_s"]), ClipRow.from_row(r))
+                                                   float(m["start_s"]), float(m["end_s"]), ClipRow.from_row(r),
+                                                   int(m["center_version"] or 0), m["norm"],
+                                                   raw_of(m["journal_raw"]))
         return out
 
     def count_clips(self, model: str | None = None) -> int:

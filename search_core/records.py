@@ -100,6 +100,7 @@ class RecoveryReport:
     orphan_files: int = 0
     orphan_vectors: int = 0
     missing_files: int = 0   # ready clips whose library file was gone: removed (names in ``removed``)
+    reindexed: int = 0       # vectors an interrupted re-index left in its journal, rewritten
     removed: list[str] = field(default_factory=list)
 
     @property

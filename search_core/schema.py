@@ -20,6 +20,14 @@ Tables:
     with either clip by ON DELETE CASCADE).
 ``speakers``
     enrolled speakers: name, model, mean embedding (JSON), number of clips.
+``centers``
+    each model collection's means (one row per version; the newest is the one in use): stored
+    and query vectors are ``normalise(x - mean)`` (:mod:`search_core.centering`). A vector row
+    says under which version its vector was written (``center_version``) and the norm of
+    ``x - mean`` (``norm``), so the raw embedding comes back exactly for a re-index.
+``recenter_journal``
+    the raw embeddings of the vectors a re-index is rewriting right now (at most one chunk),
+    so that a crash between the Milvus upsert and the row update loses nothing.
 
 Only bound parameters reach SQL. The queries live in :mod:`search_core.metadata` (clips,
 vectors, near-duplicate marks, voiceprints) and :mod:`search_core.leases` (writers).
@@ -74,6 +82,10 @@ vectors = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("owner", sa.String(64)),  # the writer whose unfinished work this row is (added by _migrate)
+    # centering (added by _migrate): the mean version the vector is under (NULL/0: none) and
+    # |x - mean| (NULL: the stored vector is the raw embedding itself)
+    sa.Column("center_version", sa.Integer),
+    sa.Column("norm", sa.Double),
     sa.UniqueConstraint("clip_id", "model", "seg", name="uq_vectors_clip_model_seg"),
     sa.Index("ix_vectors_model_status", "model", "status"),
     mysql_charset="utf8mb4",
@@ -90,7 +102,8 @@ writers = sa.Table(
 )
 
 # Columns added since the first release, created on databases that predate them.
-_ADDED_COLUMNS = {"vectors": [("owner", "VARCHAR(64)")]}
+_ADDED_COLUMNS = {"vectors": [("owner", "VARCHAR(64)"), ("center_version", "INTEGER"),
+                              ("norm", "DOUBLE PRECISION")]}
 
 # One row per clip that ingest found to be a near-duplicate of an earlier clip, per model
 # (the models disagree on what is "near"). Rows go with either clip (ON DELETE CASCADE).
@@ -116,6 +129,28 @@ speakers = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("name", "model", name="uq_speakers_name_model"),
+    mysql_charset="utf8mb4",
+)
+
+# A model collection's means, one row per version (the newest is in use; older ones are kept while
+# vector rows or the journal still refer to them). ``mean`` is float64 bytes; NULL: centering off.
+centers = sa.Table(
+    "centers", _meta,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("mean", sa.LargeBinary(2 ** 24)),  # MEDIUMBLOB on MySQL
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    mysql_charset="utf8mb4",
+)
+
+# The raw embeddings (float64 bytes) of the vectors a re-index is moving to a new mean, one chunk at a time.
+recenter_journal = sa.Table(
+    "recenter_journal", _meta,
+    sa.Column("vector_id", _BigId, primary_key=True, autoincrement=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("raw", sa.LargeBinary(2 ** 24), nullable=False),
+    sa.Column("owner", sa.String(64)),
     mysql_charset="utf8mb4",
 )
 
@@ -200,6 +235,9 @@ class VectorRef:
     start_s: float
     end_s: float
     clip: ClipRow
+    center_version: int = 0        # the mean its vector is under (0: none)
+    norm: float | None = None      # |x - mean| (None: the stored vector is the raw embedding)
+    raw: object = None             # the raw embedding while a re-index rewrites it (its journal entry)
 
 
 #: Seconds a MySQL connection attempt or a read/write on it may take before the server counts

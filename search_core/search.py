@@ -1,5 +1,9 @@
 """Search: a query's embedding against a model's collection, joined with ready metadata rows and
 grouped by clip; metadata filters resolved in SQL, a small filtered subset searched exactly.
+
+Queries are searched in the model's index space (minus the collection's mean,
+:mod:`search_core.centering`): :meth:`Search.embed_query` applies it, ``search_vector`` takes a
+vector already in it.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numpy as np
 
 from . import audio as audio_mod
 from . import limits
+from .centering import from_index_space, to_index_space
 from .embedding import at_model_rate
 from .metadata import filter_conditions
 from .models import get_model
@@ -33,8 +38,10 @@ class Search:
     def __init__(self, stores: Stores):
         self.stores = stores
 
-    def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str) -> tuple[audio_mod.Audio, np.ndarray]:
-        """The query as searched and its embedding.
+    def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str,
+                    raw: bool = False) -> tuple[audio_mod.Audio, np.ndarray]:
+        """The query as searched and its embedding in the model's index space (``raw``: as the
+        model gives it).
 
         Only the first ``Settings.max_query_s`` seconds of a longer query are decoded and embedded
         (``Audio.is_part`` and ``Audio.source_duration_s`` say so), which bounds the memory and the
@@ -43,7 +50,8 @@ class Search:
         m = get_model(model)
         m.load()
         a = at_model_rate(query, m, self.stores.settings, self.stores.settings.max_query_s, "query")
-        return a, m.embed([a.samples])[0]
+        vec = m.embed([a.samples])[0]
+        return a, vec if raw else to_index_space(vec, self.stores.meta.center(model).mean)[0][0]
 
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
                filters: dict | None = None, exact_max: int = FILTER_EXACT_MAX) -> SearchResult:
@@ -99,9 +107,11 @@ class Search:
                 share = meta.count_filtered(model, filters) / max(1, meta.count_vectors(model))
                 fetch = min(MAX_FETCH, int(fetch / max(share, 1e-6) * 1.5))
         grouped: dict[int, Hit] = {}
+        center = meta.center(model)
         while True:  # over-fetch until k distinct clips are found (segments of one file share a clip)
             raw = search(fetch)
             refs = meta.ready_refs([h.id for h in raw], post_filters)
+            raw = self._rescore(model, raw, refs, vec, center)
             grouped = {}
             for h in raw:
                 ref = refs.get(h.id)
@@ -122,6 +132,23 @@ class Search:
         for r, h in enumerate(hits, 1):
             h.rank = r
         return hits
+
+    def _rescore(self, model: str, hits: list[VectorHit], refs: dict, vec: np.ndarray, center) -> list[VectorHit]:
+        """Hits whose vector is still under an older mean (a re-index is under way, or was
+        interrupted) scored exactly under the mean in use, so that scores never mix means."""
+        journal = {h.id: refs[h.id].raw for h in hits if h.id in refs and refs[h.id].raw is not None}
+        old = [h.id for h in hits if h.id in refs and h.id not in journal
+               and refs[h.id].center_version != center.version]
+        if not old and not journal:
+            return hits
+        units = self.stores.vectors.get(model, old) if old else {}
+        means = self.stores.meta.center_means(model, {refs[i].center_version for i in units})
+        raws = {i: from_index_space(u, [refs[i].norm], means.get(refs[i].center_version)) for i, u in units.items()}
+        raws.update(journal)  # being rewritten right now: the journal has the raw embedding
+        score = {i: float(to_index_space(x, center.mean)[0][0] @ np.asarray(vec, dtype=np.float32))
+                 for i, x in raws.items()}
+        out = [VectorHit(h.id, score.get(h.id, h.score)) for h in hits]
+        return sorted(out, key=lambda h: -h.score)
 
 
 def exact_search(stored: dict[int, np.ndarray], vec: np.ndarray, k: int) -> list[VectorHit]:

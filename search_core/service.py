@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import audio as audio_mod
-from . import duplicates, limits
+from . import duplicates, limits, recenter
 from .audio import AudioError
 from .config import Settings, get_settings
 from .embedding import segment_params, warm_up
@@ -28,6 +28,7 @@ from .faults import StillOpening, _faults_reported, service_fault
 from .ingest import BATCH_AUDIO_S, Ingest, collect_folder, plan_batches, read_manifest  # noqa: F401
 from .libmap import LibraryMap, MapRoom
 from .maintenance import Maintenance
+from .centering import Center
 from .metadata import ClipRow
 from .models import EmbeddingModel, get_model, model_names
 from .records import (Hit, IngestItem, IngestReport, ProgressFn, RecoveryReport, SearchResult,  # noqa: F401
@@ -143,8 +144,21 @@ class LibraryService:
         ``names`` are display names (default: each file's base name); ``metadata`` holds per
         file ``label``/``speaker``/``source``/``tags``.
         """
-        return self._ingest.ingest_files(paths, get_model(model), names=names, metadata=metadata,
-                                         progress=progress, batch_size=batch_size, workers=workers)
+        report = self._ingest.ingest_files(paths, get_model(model), names=names, metadata=metadata,
+                                           progress=progress, batch_size=batch_size, workers=workers)
+        self._center_if_due(model)
+        return report
+
+    def _center_if_due(self, model: str) -> None:
+        """After an ingest: estimate the mean of a model centered by default once its collection
+        is big enough, and again each time it has doubled (:func:`search_core.recenter.due`);
+        skipped while other processes share the library, and never an error for the ingest that
+        stored its clips (``centering_status`` says what is due)."""
+        try:
+            if recenter.due(self.stores, model):
+                recenter.recenter(self.stores, model)
+        except Exception:  # noqa: BLE001 - the clips are stored; the state line says the mean is due
+            pass           # (or which vectors are behind: search scores them exactly meanwhile)
 
     def ingest_folder(self, folder: str | os.PathLike, model: str, *, manifest: str | os.PathLike | None = None,
                       progress: ProgressFn | None = None, recursive: bool = True) -> IngestReport:
@@ -165,9 +179,11 @@ class LibraryService:
         return duplicates.groups(self.meta, model)
 
     # -- search -------------------------------------------------------------------------
-    def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str) -> tuple[audio_mod.Audio, np.ndarray]:
-        """The query as searched (its first ``Settings.max_query_s`` seconds) and its embedding."""
-        return self._search.embed_query(query, model)
+    def embed_query(self, query: audio_mod.Audio | str | os.PathLike, model: str,
+                    raw: bool = False) -> tuple[audio_mod.Audio, np.ndarray]:
+        """The query as searched (its first ``Settings.max_query_s`` seconds) and its embedding in
+        the model's index space, what :meth:`search_vector` takes (``raw``: as the model gives it)."""
+        return self._search.embed_query(query, model, raw)
 
     @_faults_reported
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
@@ -232,6 +248,41 @@ class LibraryService:
     def drop_model(self, model: str) -> int:
         """Drop a model's collection and its rows; clips left with no vectors go too."""
         return self._maintenance.drop_model(model)
+
+    @_faults_reported
+    def recenter(self, model: str, off: bool = False) -> recenter.RecenterReport:
+        """Estimate ``model``'s collection mean again (``off``: stop centering it) and re-index its
+        vectors under it; see :mod:`search_core.recenter`."""
+        get_model(model)
+        return recenter.recenter(self.stores, model, off=off)
+
+    @_faults_reported
+    def center(self, model: str) -> Center:
+        """The mean ``model``'s collection is searched with (version 0: none)."""
+        return self.meta.center(model)
+
+    @_faults_reported
+    def centering_status(self, model: str) -> str:
+        """One sentence on how ``model``'s collection is centered, for the page and the CLI."""
+        c = self.meta.center(model)
+        behind = self.meta.count_behind(model, c.version)
+        if c.on:
+            text = f"centered on the mean of {c.n} vectors (estimated {c.created_at:%Y-%m-%d %H:%M} UTC)"
+        elif c.version:
+            text = "not centered (turned off)"
+        elif recenter.centered_by_default(model):
+            text = f"not centered yet (the mean is estimated once it holds {recenter.MIN_VECTORS} vectors)"
+        else:
+            text = "not centered (not on by default for this model)"
+        if behind:
+            text += f"; {behind} vectors are still under an older mean: run recenter to finish"
+        elif recenter.due(self.stores, model):  # the ingest skipped it: other processes share the library
+            text += "; a new mean is due: run recenter (refused while other processes share the library)"
+        return f"{model}: {text}"
+
+    def raw_vectors(self, model: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The raw embeddings of stored vectors (index-space vectors undone, no re-embedding)."""
+        return recenter.raw_vectors(self.stores, model, ids)
 
     @_faults_reported
     def recover(self, sweep_vectors: bool = True) -> RecoveryReport:

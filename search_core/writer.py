@@ -6,7 +6,8 @@ search never shows a half-written clip)::
 
     per clip of a batch: copy file into the library (temp name, then atomic rename)
                          -> one transaction: clip row (if new) + vector rows, status 'pending'
-    -> one Milvus upsert with the batch's ids
+    -> one Milvus upsert with the batch's ids (in index space: minus the model's mean, see
+       :mod:`search_core.centering`; the rows say under which mean, and the norm)
     -> one transaction: the batch's rows 'ready'   (search shows only 'ready')
 
 Unfinished rows and temp files carry this process' writer id (:mod:`search_core.leases`); what a
@@ -25,6 +26,7 @@ import numpy as np
 from . import audio as audio_mod
 from . import duplicates
 from .audio import AudioError
+from .centering import to_index_space
 from .config import env_flag
 from .metadata import BUSY, READY, NewClip
 from .records import IngestItem, RecoveryReport, clean_text
@@ -66,13 +68,16 @@ class Writer:
         vectors, audio)`` per entry.
         """
         st, meta = self.stores, self.stores.meta
-        out, begun = [], []  # begun: (position, name, clip_id, vector ids, vectors, audio)
+        out, begun = [], []  # begun: (position, name, clip_id, vector ids, vectors, audio, stored units)
         ready: set[int] = set()
         with st.write_lock:
             try:
                 st.lease.renew()  # a starved heartbeat thread must not let this write's lease lapse
                 if st.unrecovered:  # a store was down when an earlier write failed: finish that first
                     self.recover(sweep_vectors=False)
+                # read under the lock: a re-index in this process waits; one in another process may
+                # add a newer mean meanwhile, and these rows then say they are under this one
+                center = meta.center(model)
                 for pos, p, bounds, vecs in entries:
                     a: audio_mod.Audio = p["audio"]
                     meta_in = metadata[pos]
@@ -92,7 +97,9 @@ class Writer:
                                   speaker=clean_text(meta_in.get("speaker")), source=clean_text(meta_in.get("source")),
                                   tags=[t for t in (clean_text(x, 64) for x in meta_in.get("tags") or []) if t])
                     segments = [(s / a.sample_rate, e / a.sample_rate) for s, e in bounds]
-                    began = meta.begin_ingest(new, model, segments, owner=st.owner)
+                    units, norms = to_index_space(vecs, center.mean)
+                    began = meta.begin_ingest(new, model, segments, owner=st.owner,
+                                              centering=(center.version, list(norms)))
                     if began is None:  # e.g. a copy of a clip the previous batch wrote
                         out.append((pos, IngestItem(p["name"], "exists", known.id if known else None,
                                                     f"{p['name']}: already in the library"), vecs, a))
@@ -102,11 +109,11 @@ class Writer:
                                                     "is adding or deleting it right now; run the same command "
                                                     "again to check"), vecs, a))
                         continue
-                    begun.append((pos, p["name"], began[0], began[1], vecs, a))
+                    begun.append((pos, p["name"], began[0], began[1], vecs, a, units))
                 if begun:
                     st.fault("after_rows")
                     ids = [i for b in begun for i in b[3]]
-                    st.vectors.upsert(model, ids, np.concatenate([b[4] for b in begun]))
+                    st.vectors.upsert(model, ids, np.concatenate([b[6] for b in begun]))
                     st.fault("after_vectors")
                     ready = meta.set_status(ids, READY)
                     st.fault("after_ready")
@@ -116,7 +123,7 @@ class Writer:
             except BaseException:
                 self.on_error()
                 raise
-        for pos, name, cid, vids, vecs, a in begun:
+        for pos, name, cid, vids, vecs, a, _units in begun:
             if all(i in ready for i in vids):
                 out.append((pos, IngestItem(name, "added", cid), vecs, a))
             else:  # never report "added" for a clip that is not searchable

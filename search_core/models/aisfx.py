@@ -131,6 +131,7 @@ class AisfxModel(WheelCheckpointModel):
     """aiSFX sound-effect embeddings, 512-d, 44.1 kHz, Paddle port of the PyPI weights."""
 
     info = ModelInfo(
+        centered=True,  # mean subtracted by default: README, "Centering"
         name="aisfx",
         task="sound",
         sample_rate=SAMPLE_RATE,

@@ -35,6 +35,7 @@ class ModelInfo:
     min_samples: int = 400    # shorter input is zero-padded to this many samples
     min_duration_s: float = 0.1  # shorter clips are refused (ingest and query): too little to embed
     opt_in: bool = False      # listed but never a default (e.g. unclear weight licence)
+    centered: bool = False    # its collections subtract their mean by default (search_core/recenter.py)
 
 
 @dataclass(frozen=True)

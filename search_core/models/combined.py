@@ -61,6 +61,7 @@ class AisfxYamnet(EmbeddingModel):
     """aisfx (512-d) ⊕ yamnet (1024-d), each normalised and weighted; opt-in like yamnet."""
 
     info = ModelInfo(
+        centered=True,  # mean subtracted by default: README, "Centering"
         name="aisfx_yamnet",
         task="sound",
         sample_rate=_A.sample_rate,          # yamnet's 16 kHz is made from it

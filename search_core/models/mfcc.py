@@ -16,6 +16,7 @@ class MfccStats(EmbeddingModel):
     """Mean and standard deviation over time of 40 MFCCs (16 kHz, 64 mel bands) -> 80-d."""
 
     info = ModelInfo(
+        centered=True,  # mean subtracted by default: README, "Centering"
         name="mfcc_stats",
         task="sound",
         sample_rate=16000,

