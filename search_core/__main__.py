@@ -362,25 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class ModelSteps:
-    """Prints a model's slow one-time steps (``downloading aisfx weights 12/25 MB``, ``preparing
-    the aisfx model once: 12 s``) to ``stream``: a line per new step and at most one progress line
-    per ``every_s`` seconds; never on stdout (JSON goes there)."""
-
-    def __init__(self, stream, every_s: float = 5.0):
-        self.stream, self.every_s = stream, every_s
-        self._last, self._last_t = "", 0.0
-
-    def __call__(self, step) -> None:
-        import time
-
-        head = step.text.split(":")[0].rsplit(" ", 1)[0] if step.fraction is not None or ":" in step.text else step.text
-        now = time.monotonic()
-        if head != self._last or now - self._last_t >= self.every_s or step.fraction == 1.0:
-            self._last, self._last_t = head, now
-            print(step.text, file=self.stream, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # pymilvus logs every failed retry with a traceback; a store that stopped answering is
@@ -391,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "quiet", False):
             return args.fn(args)
-        with model_progress.listening(ModelSteps(sys.stderr)):  # a first use says what it waits for
+        with model_progress.listening(model_progress.Printer(sys.stderr)):  # a first use says what it waits for
             return args.fn(args)
     except (AudioError, WeightsNotInstalled, ValueError, KeyError, NotADirectoryError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -84,3 +84,20 @@ def step(text: str, every_s: float = 1.0) -> Iterator[None]:
     finally:
         stop.set()
         ticker.join()
+
+
+class Printer:
+    """Prints a model's slow one-time steps (``downloading aisfx weights 12/25 MB``, ``preparing
+    the aisfx model once: 12 s``) to ``stream``: a line per new step and at most one progress line
+    per ``every_s`` seconds (the CLI gives it stderr: stdout is for results and JSON)."""
+
+    def __init__(self, stream, every_s: float = 5.0):
+        self.stream, self.every_s = stream, every_s
+        self._last, self._last_t = "", 0.0
+
+    def __call__(self, step: Step) -> None:
+        head = step.text.split(":")[0].rsplit(" ", 1)[0] if step.fraction is not None or ":" in step.text else step.text
+        now = time.monotonic()
+        if head != self._last or now - self._last_t >= self.every_s or step.fraction == 1.0:
+            self._last, self._last_t = head, now
+            print(step.text, file=self.stream, flush=True)
