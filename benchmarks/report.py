@@ -5,7 +5,7 @@
     python benchmarks/report.py eval --run      # run every model x dataset eval first (make eval-table)
     python benchmarks/report.py speed           # embedding, ingest and scale tables
 
-``--run`` runs ``python -m search_core eval DATA/DATASET.csv --model MODEL --center --json`` for every
+``--run`` runs ``python -m search_core eval DATA/DATASET.csv --model MODEL --center --feedback --json`` for every
 model and dataset below (DATA is $SHARED_DATA or ../shared/data; FSDD takes ~15 minutes per model on
 2 cores), keeps each JSON in benchmarks/results/eval/MODEL_DATASET.json and rewrites the README table,
 so the table is always what the stored results say (tests/test_eval_table.py checks it).
@@ -39,19 +39,20 @@ def eval_table(folder: Path | None = None) -> str:
         runs[(r["model"], Path(r["manifest"]).stem)] = r
     models = sorted({m for m, _ in runs}, key=lambda m: (m == "mfcc_stats", m))
     head = ("| model | dataset | clips | P@10 | mAP@10 | R@1 | ANN recall@10 | centered P@10 / mAP@10 / R@1 | "
-            "extra flags |\n|---|---|---|---|---|---|---|---|---|")
+            "feedback: next 10 P → residual P@10 | extra flags |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for m in models:
         for d in [*DATASETS, *sorted({d for mm, d in runs if mm == m} - set(DATASETS))]:
             r = runs.get((m, d))
             if r is None:
                 continue
-            a, c = r["ann"], r.get("centered")
+            a, c, fb = r["ann"], r.get("centered"), r.get("feedback")
             cen = f"{c['p_at_k']:.3f} / {c['map_at_k']:.3f} / {c['r_at_1']:.3f}" if c else "–"
+            feedback = f"{fb['next_p']:.3f} → {fb['residual_p']:.3f}" if fb else "–"
             every = r.get("every") or EVERY.get((m, d), 1)
             flags = f"`--every {every}`" if every > 1 else ""
             lines.append(f"| `{m}` | {d} | {r['clips']} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
-                         f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {cen} | {flags} |")
+                         f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {cen} | {feedback} | {flags} |")
     changes = []
     for m in models:
         parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - runs[m, d]['exact']['map_at_k'])}"
@@ -60,6 +61,14 @@ def eval_table(folder: Path | None = None) -> str:
             changes.append(f"`{m}` {', '.join(parts)}")
     if changes:
         lines.append(f"\nCentering changes mAP@10 (exact search both ways, points): {'; '.join(changes)}.")
+    gains = []
+    for m in models:
+        parts = [f"{d} {_points(runs[m, d]['feedback']['residual_p'] - runs[m, d]['feedback']['next_p'])}"
+                 for d in DATASETS if (m, d) in runs and runs[m, d].get("feedback")]
+        if parts:
+            gains.append(f"`{m}` {', '.join(parts)}")
+    if gains:
+        lines.append(f"\nOne round of relevance feedback changes P of the next 10 (points): {'; '.join(gains)}.")
     return "\n".join(lines)
 
 
@@ -97,7 +106,7 @@ def run_evals(models=MODELS, datasets=DATASETS, data: Path | None = None, folder
             print(f"==> eval {manifest} --model {m}", file=sys.stderr, flush=True)
             every = ["--every", str(EVERY[m, d])] if (m, d) in EVERY else []
             out = subprocess.run([python, "-m", "search_core", "eval", str(manifest), "--model", m, "--center",
-                                  "--json", "--quiet", *every], cwd=REPO, check=True, capture_output=True, text=True).stdout
+                                  "--feedback", "--json", "--quiet", *every], cwd=REPO, check=True, capture_output=True, text=True).stdout
             result = json.loads(out)      # only the JSON is on stdout
             (folder / f"{m}_{d}.json").write_text(json.dumps(result) + "\n")
             written.append(folder / f"{m}_{d}.json")

@@ -13,7 +13,7 @@
     python -m search_core enrol NAME FILE [FILE ...] [--model M] [--add]
     python -m search_core identify FILE [FILE ...] [--model M] [--threshold T] [--json]
     python -m search_core speakers [--model M] [--delete NAME]
-    python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center]
+    python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center] [--feedback]
 """
 from __future__ import annotations
 
@@ -167,7 +167,8 @@ def cmd_eval(args) -> int:
         bar.refresh()
 
     res = evaluate_manifest(args.manifest, model, rules, k=args.k, data_dir=args.data_dir,
-                            with_centered=args.center, limit=args.limit, every=args.every, progress=progress)
+                            with_centered=args.center, limit=args.limit, every=args.every,
+                            with_feedback=args.feedback, progress=progress)
     bar.close()
     print(json.dumps(res.to_dict()) if args.json else res.summary())
     return 0
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-equal", action="append", metavar="COL",
                    help="drop candidates with the query's value in COL (repeatable)")
     s.add_argument("--center", action="store_true", help="also report exact search after subtracting the mean")
+    s.add_argument("--feedback", action="store_true",
+                   help="also simulate one round of relevance feedback (exact search): residual P@k")
     s.add_argument("--data-dir", help="keep the stores here instead of a temporary folder")
     s.add_argument("--limit", type=int, help="use only the first N rows")
     s.add_argument("--every", type=int, default=1, help="use every N-th row (a deterministic subset)")

@@ -16,6 +16,9 @@ Definitions (for one query, after removing its excluded candidates, see :class:`
 ``ANN recall@k``
     ``|ANN top-k ∩ exact top-k| / |exact top-k|``: how many of the true nearest neighbours the
     index returned (both after the same exclusions).
+``residual P@k``
+    one round of relevance feedback (:func:`feedback_round`): the exact top ``k`` marked by
+    relevance, Rocchio, searched again without those ``k``. Baseline ``next P@k``: ranks ``k+1..2k``.
 
 Queries with ``R == 0`` have no answer and are left out of every mean (they are counted).
 """
@@ -32,6 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import Settings, get_settings
+from .feedback import ALPHA, BETA, GAMMA, Feedback, clip_vector, simulated_round
 
 # -- pure metric functions ------------------------------------------------------------------
 
@@ -175,6 +179,23 @@ def clip_scores(queries: np.ndarray, vectors: np.ndarray, owner: np.ndarray, n_c
     return out.T
 
 
+def feedback_round(queries: np.ndarray, vectors: np.ndarray, owner: np.ndarray, relevant: np.ndarray,
+                   excluded: np.ndarray, k: int = 10, weights=(ALPHA, BETA, GAMMA)) -> Feedback:
+    """One round of relevance feedback on exact search (module docstring: residual P@k); a clip's
+    vector is the mean of its segments; queries without relevant candidates are left out."""
+    n = len(queries)
+    clips = np.stack([clip_vector(vectors[owner == j]) for j in range(n)])
+    asked = [q for q in range(n) if np.any(relevant[q] & ~excluded[q])]
+    first = exact_ranking(clip_scores(queries[asked], vectors, owner, n), excluded[asked], 2 * k)
+    seen, rel = excluded[asked], relevant[asked]
+    for i, r in enumerate(first):
+        seen[i, r[:k]] = True
+    p = lambda ranks: float(np.mean([precision_at_k([rel[i, c] for c in r], k) for i, r in enumerate(ranks)]))  # noqa
+    again = [exact_ranking(clip_scores(simulated_round(queries[asked], clips, first, rel, k, *weights[:2], g),
+                                       vectors, owner, n), seen, k) for g in (weights[2], 0.0)]
+    return Feedback(p([r[k:] for r in first]), p(again[0]), p(again[1]), len(asked), tuple(weights))
+
+
 # -- the driver -----------------------------------------------------------------------------
 
 
@@ -191,6 +212,7 @@ class EvalResult:
     exact: Metrics           # brute-force cosine over the same stored vectors
     ann_recall: float        # mean ANN recall@k against the exact ranking
     centered: Metrics | None = None  # exact, after subtracting the collection mean
+    feedback: Feedback | None = None  # one simulated round of relevance feedback (exact)
     every: int = 1           # every n-th manifest row was used (``--every``)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -208,6 +230,10 @@ class EvalResult:
         if self.centered:
             c = self.centered
             lines.append(f"  exact, centered: P@{k} {c.p_at_k:.3f}  mAP@{k} {c.map_at_k:.3f}  R@1 {c.r_at_1:.3f}")
+        if self.feedback:
+            f = self.feedback
+            lines.append(f"  feedback, exact: next {k} P {f.next_p:.3f} -> residual P@{k} {f.residual_p:.3f} "
+                         f"(relevant marked only: {f.residual_p_liked:.3f})")
         lines.append("  time: " + ", ".join(f"{n} {v:.1f} s" for n, v in self.seconds.items()))
         return "\n".join(lines)
 
@@ -242,7 +268,7 @@ def temporary_settings(data_dir: str | os.PathLike, base: Settings | None = None
 
 def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, k: int = 10,
                       settings: Settings | None = None, data_dir: str | os.PathLike | None = None,
-                      with_centered: bool = False, limit: int | None = None, every: int = 1,
+                      with_centered: bool = False, limit: int | None = None, every: int = 1, with_feedback=False,
                       progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
     """Index every clip of ``manifest`` with the product's ingest path, query with each one.
 
@@ -273,8 +299,8 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
         settings = temporary_settings(data_dir)
     svc = LibraryService(settings)
     try:
-        return replace(_evaluate(svc, manifest, rows, model, rules, k, with_centered, progress, clean_name),
-                       every=every)
+        return replace(_evaluate(svc, manifest, rows, model, rules, k, with_centered, progress, clean_name,
+                                 with_feedback), every=every)
     finally:
         svc.close()
         if tmp is not None:
@@ -291,7 +317,7 @@ def _release_lite(uri: str) -> None:
     server_manager_instance.release_server(uri)
 
 
-def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, progress, clean_name):
+def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, progress, clean_name, with_feedback):
     times: dict[str, float] = {}
     started = time.perf_counter()
     paths = [manifest.parent / r["path"] for r in rows]
@@ -358,6 +384,7 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         centered = score_rankings(exact_ranking(clip_scores(center(Q, mu), center(X, mu), owner, n),
                                                 excluded, k), relevant, excluded, k)
     times["exact"] = time.perf_counter() - t0
+    feedback = feedback_round(Q, X, owner, relevant, excluded, k) if with_feedback else None
     recall = [ann_recall_at_k(a, e, k) for a, e in zip(ann_rank, exact_rank) if e]
     times["total"] = time.perf_counter() - started
     return EvalResult(
@@ -366,4 +393,5 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         ann=score_rankings(ann_rank, relevant, excluded, k),
         exact=score_rankings(exact_rank, relevant, excluded, k),
         ann_recall=float(np.mean(recall)) if recall else float("nan"),
-        centered=centered, seconds={k_: round(v, 2) for k_, v in times.items()})
+        centered=centered, feedback=feedback,
+        seconds={k_: round(v, 2) for k_, v in times.items()})
