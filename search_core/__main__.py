@@ -9,6 +9,7 @@
     python -m search_core drop MODEL --yes
     python -m search_core recover
     python -m search_core search FILE --label dog --tag outdoor     # metadata filters
+    python -m search_core search FILE --like 12 --like 40 --unlike 7 --hide-seen   # relevance feedback
     python -m search_core duplicates [--model M] [--json]
     python -m search_core enrol NAME FILE [FILE ...] [--model M] [--add]
     python -m search_core identify FILE [FILE ...] [--model M] [--threshold T] [--json]
@@ -93,7 +94,8 @@ def cmd_search(args) -> int:
     model = args.model or svc.settings.default_sound_model
     for file in args.files:
         filters = {"label": args.label, "speaker": args.speaker, "source": args.source, "tag": args.tag}
-        res = svc.search(file, model, args.k, filters=filters)
+        res = svc.search(file, model, args.k, filters=filters, liked=args.like or (), disliked=args.unlike or (),
+                         hide_seen=args.hide_seen)
         if args.json:  # one JSON line per query
             print(json.dumps({"query": file, "model": model, "hits": [
                 {"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
@@ -248,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     for field in ("label", "speaker", "source", "tag"):
         s.add_argument(f"--{field}", help=f"only clips whose {field} is this (case-insensitive)"
                        if field != "tag" else "only clips with this tag (case-insensitive)")
+    s.add_argument("--like", action="append", metavar="ID",
+                   help="relevance feedback: more like this clip id (as search prints it, #ID; repeatable or 3,7)")
+    s.add_argument("--unlike", action="append", metavar="ID", help="relevance feedback: less like this clip id")
+    s.add_argument("--hide-seen", action="store_true",
+                   help="leave out the clips this search shows without feedback (its top k) and the marked ones")
     s.set_defaults(fn=cmd_search)
     s = sub.add_parser("count", help="clips per model")
     s.add_argument("--model")

@@ -183,9 +183,9 @@ def feedback_round(queries: np.ndarray, vectors: np.ndarray, owner: np.ndarray, 
                    excluded: np.ndarray, k: int = 10, weights=(ALPHA, BETA, GAMMA)) -> Feedback:
     """One round of relevance feedback on exact search (module docstring: residual P@k); a clip's
     vector is the mean of its segments; queries without relevant candidates are left out."""
-    n = len(queries)
+    n = relevant.shape[1]  # clips; ``owner`` maps each row of ``vectors`` to one
     clips = np.stack([clip_vector(vectors[owner == j]) for j in range(n)])
-    asked = [q for q in range(n) if np.any(relevant[q] & ~excluded[q])]
+    asked = [q for q in range(len(queries)) if np.any(relevant[q] & ~excluded[q])]
     first = exact_ranking(clip_scores(queries[asked], vectors, owner, n), excluded[asked], 2 * k)
     seen, rel = excluded[asked], relevant[asked]
     for i, r in enumerate(first):
