@@ -48,6 +48,15 @@ def test_one_simulated_round_scores_the_next_unseen_results():
     assert f.residual_p == 1.0 and f.residual_p_liked == pytest.approx(2 / 3)
 
 
+def test_marked_ids_come_as_a_person_types_them():
+    from search_core import limits
+
+    assert limits.clip_ids("3, #7,,3") == [3, 7] and limits.clip_ids(["12", 5, "5,9"]) == [12, 5, 9]
+    assert limits.clip_ids(None) == [] and limits.clip_ids("") == []
+    with pytest.raises(ValueError, match="^At most 2 clips to hide may be given.$"):
+        limits.clip_ids("1,2,3", "clips to hide", hi=2)
+
+
 @pytest.fixture
 def library(service, tmp_path):
     files = [write_wav(tmp_path / "lib" / f"s{i}.wav", sound(i)) for i in range(12)]
@@ -61,10 +70,10 @@ def test_search_again_moves_toward_a_liked_clip_and_hides_what_was_seen(service,
     first = service.search(files[0], MODEL, k=12)
     assert first.vector is not None and first.vector.shape == (80,)
     plain = [h.clip.id for h in first.hits]
-    far = plain[-1]                              # the clip least like the query
-    near_far = [h.clip.id for h in service.search_vector(clip_vector(
-        service.vectors.get(MODEL, [h.vector_id for h in first.hits if h.clip.id == far])[
-            next(h.vector_id for h in first.hits if h.clip.id == far)]), MODEL, 4)]
+    far = first.hits[-1]                         # the clip least like the query (one segment: its vector)
+    near_far = [h.clip.id for h in service.search_vector(
+        service.vectors.get(MODEL, [far.vector_id])[far.vector_id], MODEL, 4)]   # it and its neighbours
+    far = far.clip.id
     again = [h.clip.id for h in service.search_feedback(first.vector, MODEL, liked=[far], k=12)]
     assert again.index(far) < plain.index(far)   # the liked clip and its neighbours move up
     assert sum(again.index(c) for c in near_far) < sum(plain.index(c) for c in near_far)
