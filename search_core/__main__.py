@@ -104,6 +104,8 @@ def cmd_search(args) -> int:
             continue
         part = (f", searched its first {fmt_seconds(res.query.duration_s)} of "
                 f"{fmt_seconds(res.query.source_duration_s)}" if res.query.is_part else "")
+        if args.like or args.unlike or args.hide_seen:
+            part += ", after relevance feedback" + ("; the first page and the marked clips hidden" if args.hide_seen else "")
         print(f"{file}: {len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms{part})")
         for h in res.hits:
             where = f" [{h.start_s:.1f}-{h.end_s:.1f} s]" if h.is_segment else ""
