@@ -112,5 +112,6 @@ def test_the_cli_searches_again_with_marks_and_hides_the_first_page(tmp_path):
                          "--unlike", f"{plain[1]['clip_id']}", "--hide-seen"))["hits"]
     shown = {h["clip_id"] for h in plain} | {far}
     assert len(out) == 3 and not {h["clip_id"] for h in out} & shown
-    text = cli("search", str(files[0]), "--model", MODEL, "--like", "#999", code=2)
-    assert text == ""
+    text = cli("search", str(files[0]), "--model", MODEL, "-k", "3", "--like", f"#{far}")
+    assert "3 hits (mfcc_stats" in text and "after relevance feedback" in text
+    assert cli("search", str(files[0]), "--model", MODEL, "--like", "#999", code=2) == ""
