@@ -51,3 +51,11 @@ def test_marking_hits_and_searching_again_moves_the_list(app_url, tmp_path):
 def test_searching_again_before_a_search_says_what_to_do(app_url):
     with pytest.raises(Exception, match="Search first, then mark hits"):
         Client(app_url, verbose=False).predict(False, api_name="/search_again")
+
+
+def test_a_hit_deleted_from_the_results_loses_its_mark():
+    """Else the next Search again would name a clip that is gone."""
+    from search_core.ui.search_tab import hit_deleted
+
+    *_, fb, note = hit_deleted(1, 7.0, {"marks": {7: 1, 9: -1}, "shown": [3, 7, 9]})
+    assert fb["marks"] == {9: -1} and note == "More like: none · less like: #9"

@@ -164,7 +164,8 @@ def search_tab(svc: LibraryService, render_dir: Path, choices, default_model, ex
                          **QUIET)
         del_no.click(lambda: gr.update(visible=False), None, [del_confirm], queue=False, **QUIET)
     return SimpleNamespace(model=model, searched=searched, delete_id=del_id, delete_slot=del_slot,
-                           delete_yes=del_yes, delete_outputs=[del_confirm] + slots[0::4])
+                           delete_yes=del_yes, delete_inputs=[del_slot, del_id, feedback],
+                           delete_outputs=[del_confirm] + slots[0::4] + [feedback, marks])
 
 
 def pick_hit(i: int, table):
@@ -177,10 +178,12 @@ def pick_hit(i: int, table):
             "for every model? This cannot be undone.", gr.update(visible=True))
 
 
-def hit_deleted(slot):
-    """After a hit's clip was deleted: the question goes, and so does that hit."""
+def hit_deleted(slot, clip_id=None, fb=None):
+    """After a hit's clip was deleted: the question goes, and so does that hit, and its mark."""
+    if fb and clip_id is not None:
+        fb = {**fb, "marks": {c: s for c, s in fb["marks"].items() if c != int(clip_id)}}
     return [gr.update(visible=False)] + [gr.update(visible=False) if i == slot else gr.update()
-                                         for i in range(MAX_K)]
+                                         for i in range(MAX_K)] + [fb, marks_note(fb)]
 
 
 def hit_slots() -> tuple[list, list, list, list]:
