@@ -79,7 +79,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         # a search hit deleted (after its confirmation) by the Library tab's own delete
         hit_deleted = search.delete_yes.click(library.delete, [search.delete_id, library.model, library.query, state],
                                               [library.counts, library.grid], api_name=False, show_progress="hidden")
-        hit_deleted.success(search_hit_deleted, [search.delete_slot], search.delete_outputs, **QUIET)
+        hit_deleted.success(search_hit_deleted, search.delete_inputs, search.delete_outputs, **QUIET)
 
         # -- what every visitor sees is current: on each page load, and after each change --------
         menus = [search.model, library.menus[0], speakers.model, library.menus[1], libmap.model]

@@ -5,7 +5,7 @@
     python benchmarks/report.py eval --run      # run every model x dataset eval first (make eval-table)
     python benchmarks/report.py speed           # embedding, ingest and scale tables
 
-``--run`` runs ``python -m search_core eval DATA/DATASET.csv --model MODEL --center --json`` for every
+``--run`` runs ``python -m search_core eval DATA/DATASET.csv --model MODEL --center --feedback --json`` for every
 model and dataset below (DATA is $SHARED_DATA or ../shared/data; FSDD takes ~15 minutes per model on
 2 cores), keeps each JSON in benchmarks/results/eval/MODEL_DATASET.json and rewrites the README table,
 so the table is always what the stored results say (tests/test_eval_table.py checks it).
@@ -39,20 +39,21 @@ def eval_table(folder: Path | None = None) -> str:
         runs[(r["model"], Path(r["manifest"]).stem)] = r
     models = sorted({m for m, _ in runs}, key=lambda m: (m == "mfcc_stats", m))
     head = ("| model | dataset | clips | index space | P@10 | mAP@10 | R@1 | ANN recall@10 | "
-            "uncentered P@10 / mAP@10 / R@1 | centered P@10 / mAP@10 / R@1 | extra flags |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "uncentered P@10 / mAP@10 / R@1 | centered P@10 / mAP@10 / R@1 | feedback: next 10 P → residual P@10 | "
+            "extra flags |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for m in models:
         for d in [*DATASETS, *sorted({d for mm, d in runs if mm == m} - set(DATASETS))]:
             r = runs.get((m, d))
             if r is None:
                 continue
-            a = r["ann"]
+            a, fb = r["ann"], r.get("feedback")
+            feedback = f"{fb['next_p']:.3f} → {fb['residual_p']:.3f}" if fb else "–"
             every = r.get("every") or EVERY.get((m, d), 1)
             flags = f"`--every {every}`" if every > 1 else ""
             lines.append(f"| `{m}` | {d} | {r['clips']} | {_space(r)} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
                          f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {_triple(_uncentered(r))} | "
-                         f"{_triple(r.get('centered'))} | {flags} |")
+                         f"{_triple(r.get('centered'))} | {feedback} | {flags} |")
     changes = []
     for m in models:
         parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - _uncentered(runs[m, d])['map_at_k'])}"
@@ -61,6 +62,14 @@ def eval_table(folder: Path | None = None) -> str:
             changes.append(f"`{m}` {', '.join(parts)}")
     if changes:
         lines.append(f"\nCentering changes mAP@10 (exact search both ways, points): {'; '.join(changes)}.")
+    gains = []
+    for m in models:
+        parts = [f"{d} {_points(runs[m, d]['feedback']['residual_p'] - runs[m, d]['feedback']['next_p'])}"
+                 for d in DATASETS if (m, d) in runs and runs[m, d].get("feedback")]
+        if parts:
+            gains.append(f"`{m}` {', '.join(parts)}")
+    if gains:
+        lines.append(f"\nOne round of relevance feedback changes P of the next 10 (points): {'; '.join(gains)}.")
     return "\n".join(lines)
 
 
@@ -115,7 +124,7 @@ def run_evals(models=MODELS, datasets=DATASETS, data: Path | None = None, folder
             print(f"==> eval {manifest} --model {m}", file=sys.stderr, flush=True)
             every = ["--every", str(EVERY[m, d])] if (m, d) in EVERY else []
             out = subprocess.run([python, "-m", "search_core", "eval", str(manifest), "--model", m, "--center",
-                                  "--json", "--quiet", *every], cwd=REPO, check=True, capture_output=True, text=True).stdout
+                                  "--feedback", "--json", "--quiet", *every], cwd=REPO, check=True, capture_output=True, text=True).stdout
             result = json.loads(out)      # only the JSON is on stdout
             (folder / f"{m}_{d}.json").write_text(json.dumps(result) + "\n")
             written.append(folder / f"{m}_{d}.json")

@@ -10,12 +10,13 @@
     python -m search_core recover
     python -m search_core recenter --model M [--off | --status]     # collection mean + re-index
     python -m search_core search FILE --label dog --tag outdoor     # metadata filters
+    python -m search_core search FILE --like 12 --like 40 --unlike 7 --hide-seen   # relevance feedback
     python -m search_core duplicates [--model M] [--json]
     python -m search_core enrol NAME FILE [FILE ...] [--model M] [--add]
     python -m search_core identify FILE [FILE ...] [--model M] [--threshold T] [--json]
     python -m search_core speakers [--model M] [--delete NAME]
     python -m search_core map --model M --out map.png|map.csv [--refit]
-    python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center]
+    python -m search_core eval MANIFEST --model M [--relevant COL] [--group COL] [--drop-equal COL] [--center] [--feedback]
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def cmd_search(args) -> int:
     model = args.model or svc.settings.default_sound_model
     for file in args.files:
         filters = {"label": args.label, "speaker": args.speaker, "source": args.source, "tag": args.tag}
-        res = svc.search(file, model, args.k, filters=filters)
+        res = svc.search(file, model, args.k, filters=filters, liked=args.like or (), disliked=args.unlike or (),
+                         hide_seen=args.hide_seen)
         if args.json:  # one JSON line per query
             print(json.dumps({"query": file, "model": model, "hits": [
                 {"rank": h.rank, "clip_id": h.clip.id, "name": h.clip.original_name, "score": round(h.score, 4),
@@ -106,6 +108,8 @@ def cmd_search(args) -> int:
             continue
         part = (f", searched its first {fmt_seconds(res.query.duration_s)} of "
                 f"{fmt_seconds(res.query.source_duration_s)}" if res.query.is_part else "")
+        if args.like or args.unlike or args.hide_seen:
+            part += ", after relevance feedback" + ("; the first page and the marked clips hidden" if args.hide_seen else "")
         print(f"{file}: {len(res.hits)} hits ({model}, {res.seconds['total'] * 1000:.0f} ms{part})")
         for h in res.hits:
             where = f" [{h.start_s:.1f}-{h.end_s:.1f} s]" if h.is_segment else ""
@@ -189,7 +193,8 @@ def cmd_eval(args) -> int:
         bar.refresh()
 
     res = evaluate_manifest(args.manifest, model, rules, k=args.k, data_dir=args.data_dir,
-                            with_centered=args.center, limit=args.limit, every=args.every, progress=progress)
+                            with_centered=args.center, limit=args.limit, every=args.every,
+                            with_feedback=args.feedback, progress=progress)
     bar.close()
     print(json.dumps(res.to_dict()) if args.json else res.summary())
     return 0
@@ -292,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     for field in ("label", "speaker", "source", "tag"):
         s.add_argument(f"--{field}", help=f"only clips whose {field} is this (case-insensitive)"
                        if field != "tag" else "only clips with this tag (case-insensitive)")
+    s.add_argument("--like", action="append", metavar="ID",
+                   help="relevance feedback: more like this clip id (as search prints it, #ID; repeatable or 3,7)")
+    s.add_argument("--unlike", action="append", metavar="ID", help="relevance feedback: less like this clip id")
+    s.add_argument("--hide-seen", action="store_true",
+                   help="leave out the clips this search shows without feedback (its top k) and the marked ones")
     s.set_defaults(fn=cmd_search)
     s = sub.add_parser("count", help="clips per model")
     s.add_argument("--model")
@@ -353,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-equal", action="append", metavar="COL",
                    help="drop candidates with the query's value in COL (repeatable)")
     s.add_argument("--center", action="store_true", help="also report exact search on the raw embeddings, with and without subtracting their mean")
+    s.add_argument("--feedback", action="store_true",
+                   help="also simulate one round of relevance feedback (exact search): residual P@k")
     s.add_argument("--data-dir", help="keep the stores here instead of a temporary folder")
     s.add_argument("--limit", type=int, help="use only the first N rows")
     s.add_argument("--every", type=int, default=1, help="use every N-th row (a deterministic subset)")

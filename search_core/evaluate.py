@@ -1,23 +1,5 @@
-"""Retrieval evaluation: exact metric functions and a driver that runs the product's own paths.
-
-Definitions (for one query, after removing its excluded candidates, see :class:`Rules`):
-
-``rel_i``
-    1 if the candidate at rank ``i`` (1-based) is relevant to the query, else 0.
-``R``
-    the number of relevant candidates in the whole (filtered) collection.
-``P@k``
-    ``(1/k) * sum_{i<=k} rel_i`` (a list shorter than ``k`` still divides by ``k``).
-``AP@k``
-    ``(1/min(R, k)) * sum_{i<=k} rel_i * P@i``, so a perfect ranking scores 1 even when
-    ``R > k``; ``mAP@k`` is its mean over queries.
-``R@1``
-    ``rel_1``: the share of queries whose first hit is relevant.
-``ANN recall@k``
-    ``|ANN top-k ∩ exact top-k| / |exact top-k|``: how many of the true nearest neighbours the
-    index returned (both after the same exclusions).
-
-Queries with ``R == 0`` have no answer and are left out of every mean (they are counted).
+"""Retrieval evaluation: a driver that runs the product's own ingest and search paths over a labelled
+manifest and scores them with the exact metrics of :mod:`search_core.metrics` (definitions there).
 """
 from __future__ import annotations
 
@@ -32,150 +14,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import Settings, get_settings
-
-# -- pure metric functions ------------------------------------------------------------------
-
-
-def precision_at_k(ranked_relevant: Sequence[bool], k: int = 10) -> float:
-    """``P@k``: relevant hits among the first ``k`` over ``k``."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    return float(np.sum(np.asarray(ranked_relevant[:k], dtype=bool))) / k
-
-
-def average_precision_at_k(ranked_relevant: Sequence[bool], n_relevant: int, k: int = 10) -> float:
-    """``AP@k`` normalised by ``min(n_relevant, k)`` (see the module docstring).
-
-    ``n_relevant`` is the number of relevant candidates in the whole filtered collection; it
-    must be at least the number of relevant hits in the list.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    rel = np.asarray(ranked_relevant[:k], dtype=bool)
-    if rel.sum() > n_relevant:
-        raise ValueError(f"{int(rel.sum())} relevant hits listed but n_relevant={n_relevant}")
-    if n_relevant <= 0:
-        raise ValueError("AP is undefined for a query without relevant candidates")
-    hits = np.cumsum(rel)
-    ranks = np.arange(1, len(rel) + 1)
-    return float(np.sum((hits / ranks)[rel])) / min(n_relevant, k)
-
-
-def ann_recall_at_k(approx: Sequence[int], exact: Sequence[int], k: int = 10) -> float:
-    """Share of the exact top-``k`` ids that the approximate top-``k`` contains."""
-    truth = list(exact[:k])
-    if not truth:
-        raise ValueError("exact neighbour list is empty")
-    return len(set(approx[:k]) & set(truth)) / len(truth)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """Fair-evaluation rules over manifest columns.
-
-    ``relevant``: candidates with the query's value here are relevant. ``group``: candidates in
-    the query's group (e.g. takes of one recording, ``src_file``) are dropped. ``drop_equal``:
-    candidates sharing the query's value in any of these columns are dropped (e.g. ``digit``).
-    The query itself is always dropped.
-    """
-
-    relevant: str
-    group: str | None = None
-    drop_equal: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        parts = [f"relevant = same {self.relevant}"]
-        if self.group:
-            parts.append(f"drop same {self.group} group")
-        parts += [f"drop same {c}" for c in self.drop_equal]
-        return "; ".join(parts)
-
-
-#: The rules of ../shared/data/README.md, by manifest name.
-PRESETS: dict[str, Rules] = {
-    "esc50": Rules("label", group="src_file"),
-    "fsdd": Rules("speaker", drop_equal=("digit",)),
-    "emodb": Rules("speaker"),
-}
-
-
-def exclusion_mask(columns: dict[str, Sequence], rules: Rules) -> np.ndarray:
-    """``(n, n)`` bool: ``[q, c]`` is True when candidate ``c`` is dropped for query ``q``."""
-    n = len(columns[rules.relevant])
-    drop = np.eye(n, dtype=bool)
-    for col in ([rules.group] if rules.group else []) + list(rules.drop_equal):
-        values = np.asarray(columns[col], dtype=object)
-        if len(values) != n:
-            raise ValueError(f"column {col!r} has {len(values)} values for {n} clips")
-        drop |= values[:, None] == values[None, :]
-    return drop
-
-
-def relevance_matrix(labels: Sequence) -> np.ndarray:
-    """``(n, n)`` bool: ``[q, c]`` is True when ``c`` has the query's relevance value."""
-    v = np.asarray(labels, dtype=object)
-    return v[:, None] == v[None, :]
-
-
-def exact_ranking(scores: np.ndarray, excluded: np.ndarray, k: int) -> list[list[int]]:
-    """Top-``k`` candidate indices per query row of ``scores`` (higher is better), best first.
-
-    Excluded candidates never appear; ties are broken by the lower index (stable).
-    """
-    s = np.where(excluded, -np.inf, np.asarray(scores, dtype=np.float64))
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return [[int(c) for c in row if np.isfinite(s[q, c])] for q, row in enumerate(order)]
-
-
-@dataclass
-class Metrics:
-    p_at_k: float
-    map_at_k: float
-    r_at_1: float
-    queries: int          # queries that have at least one relevant candidate
-    no_relevant: int      # queries left out: nothing relevant after the exclusions
-
-
-def score_rankings(rankings: Sequence[Sequence[int]], relevant: np.ndarray, excluded: np.ndarray,
-                   k: int = 10) -> Metrics:
-    """P@k, mAP@k and R@1 of ranked candidate lists (indices into the collection).
-
-    ``relevant`` and ``excluded`` are the ``(n, n)`` matrices of :func:`relevance_matrix` and
-    :func:`exclusion_mask`; a ranking that contains an excluded candidate is an error.
-    """
-    p, ap, r1 = [], [], []
-    skipped = 0
-    for q, ranked in enumerate(rankings):
-        ranked = list(ranked)
-        if any(excluded[q, c] for c in ranked):
-            raise ValueError(f"query {q}: the ranking contains an excluded candidate")
-        n_rel = int(np.sum(relevant[q] & ~excluded[q]))
-        if n_rel == 0:
-            skipped += 1
-            continue
-        rel = [bool(relevant[q, c]) for c in ranked[:k]]
-        p.append(precision_at_k(rel, k))
-        ap.append(average_precision_at_k(rel, n_rel, k))
-        r1.append(float(rel[0]) if rel else 0.0)
-    mean = (lambda xs: float(np.mean(xs)) if xs else float("nan"))
-    return Metrics(mean(p), mean(ap), mean(r1), len(p), skipped)
-
-
-def center(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Subtract ``mean`` and L2-normalise rows again (zero rows stay zero)."""
-    x = np.asarray(vectors, dtype=np.float64) - mean
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def clip_scores(queries: np.ndarray, vectors: np.ndarray, owner: np.ndarray, n_clips: int) -> np.ndarray:
-    """Cosine of each query with each clip: the best of the clip's vectors (unit rows assumed)."""
-    s = np.asarray(queries, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
-    out = np.full((n_clips, len(queries)), -np.inf)
-    np.maximum.at(out, np.asarray(owner), s.T)
-    return out.T
-
-
-# -- the driver -----------------------------------------------------------------------------
+from .feedback import Feedback
+from .metrics import (Metrics, Rules, ann_recall_at_k, average_precision_at_k,  # noqa: F401  (re-exported:
+                      center, clip_scores, exact_ranking, exclusion_mask, feedback_round,  # tests import them
+                      precision_at_k, relevance_matrix, score_rankings)                    # from here)
 
 
 @dataclass
@@ -193,6 +35,7 @@ class EvalResult:
     centered: Metrics | None = None  # exact, raw embeddings minus their mean
     uncentered: Metrics | None = None  # exact, raw embeddings as the model gives them
     space: str = "raw"       # the product's index space: "centered (mean of N vectors)" or "raw"
+    feedback: Feedback | None = None  # one simulated round of relevance feedback (exact)
     every: int = 1           # every n-th manifest row was used (``--every``)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -211,6 +54,10 @@ class EvalResult:
         for name, c in (("uncentered", self.uncentered), ("centered", self.centered)):
             if c:
                 lines.append(f"  exact, {name}: P@{k} {c.p_at_k:.3f}  mAP@{k} {c.map_at_k:.3f}  R@1 {c.r_at_1:.3f}")
+        if self.feedback:
+            f = self.feedback
+            lines.append(f"  feedback, exact: next {k} P {f.next_p:.3f} -> residual P@{k} {f.residual_p:.3f} "
+                         f"(relevant marked only: {f.residual_p_liked:.3f})")
         lines.append("  time: " + ", ".join(f"{n} {v:.1f} s" for n, v in self.seconds.items()))
         return "\n".join(lines)
 
@@ -245,7 +92,7 @@ def temporary_settings(data_dir: str | os.PathLike, base: Settings | None = None
 
 def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, k: int = 10,
                       settings: Settings | None = None, data_dir: str | os.PathLike | None = None,
-                      with_centered: bool = False, limit: int | None = None, every: int = 1,
+                      with_centered: bool = False, limit: int | None = None, every: int = 1, with_feedback=False,
                       progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
     """Index every clip of ``manifest`` with the product's ingest path, query with each one.
 
@@ -278,8 +125,8 @@ def evaluate_manifest(manifest: str | os.PathLike, model: str, rules: Rules, *, 
         settings = temporary_settings(data_dir)
     svc = LibraryService(settings)
     try:
-        return replace(_evaluate(svc, manifest, rows, model, rules, k, with_centered, progress, clean_name),
-                       every=every)
+        return replace(_evaluate(svc, manifest, rows, model, rules, k, with_centered, progress, clean_name,
+                                 with_feedback), every=every)
     finally:
         svc.close()
         if tmp is not None:
@@ -300,7 +147,7 @@ def _release_lite(uri: str) -> None:
     server_manager_instance.release_server(uri)
 
 
-def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, progress, clean_name):
+def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, progress, clean_name, with_feedback):
     times: dict[str, float] = {}
     started = time.perf_counter()
     paths = [manifest.parent / r["path"] for r in rows]
@@ -378,6 +225,7 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         centered = score_rankings(exact_ranking(clip_scores(center(Qr, mu), center(Xr, mu), owner, n),
                                                 excluded, k), relevant, excluded, k)
     times["exact"] = time.perf_counter() - t0
+    feedback = feedback_round(Q, X, owner, relevant, excluded, k) if with_feedback else None
     recall = [ann_recall_at_k(a, e, k) for a, e in zip(ann_rank, exact_rank) if e]
     times["total"] = time.perf_counter() - started
     return EvalResult(
@@ -386,4 +234,5 @@ def _evaluate(svc, manifest: Path, rows, model, rules: Rules, k, with_centered, 
         ann=score_rankings(ann_rank, relevant, excluded, k),
         exact=score_rankings(exact_rank, relevant, excluded, k),
         ann_recall=float(np.mean(recall)) if recall else float("nan"),
-        centered=centered, uncentered=uncentered, space=_space(svc.center(model)), seconds={k_: round(v, 2) for k_, v in times.items()})
+        centered=centered, uncentered=uncentered, space=_space(svc.center(model)), feedback=feedback,
+        seconds={k_: round(v, 2) for k_, v in times.items()})

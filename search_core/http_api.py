@@ -1,7 +1,9 @@
 """Plain HTTP endpoints beside the page, for scripts and ``curl`` (mounted at ``/api`` by app.py).
 
     GET    /api/models                      models, task, dimension, rate, weights' status
-    POST   /api/search                      multipart: file, model, k, label, speaker, source, tag -> hits
+    POST   /api/search                      multipart: file, model, k, label, speaker, source, tag -> hits;
+                                            like, unlike (clip ids, repeated or comma-separated) and
+                                            hide_seen (true/false): one round of relevance feedback
     POST   /api/clips                       multipart: files (one or more), model, label, speaker, source,
                                             tags (comma-separated) -> what was added, found, rejected
     GET    /api/clips?model=&q=&page=&per_page=   the library, newest first
@@ -116,6 +118,14 @@ def clip_json(c, models) -> dict:
             "sample_rate": c.sample_rate, "channels": c.channels, "label": c.label, "speaker": c.speaker,
             "source": c.source, "tags": c.tags, "added": c.created_at.isoformat(timespec="seconds"),
             "models": list(models), "audio_url": audio_url(c.id)}
+
+
+def flag(value: str, name: str) -> bool:
+    """A form's yes/no field: true/false, yes/no, on/off or 1/0."""
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        raise ValueError(f"The field {name!r} must be true or false; got {limits._show(value)}.")
+    return text in ("true", "yes", "on", "1")
 
 
 def audio_url(clip_id: int) -> str:
@@ -261,19 +271,23 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
     @api.post("/search")
     async def search(request: Request):
         authorize(request, change=False)
-        async with upload_form(request, ("file", "model", "k", "label", "speaker", "source", "tag"), 1,
-                               settings.max_upload_bytes + FORM_SLACK) as form:
+        async with upload_form(request, ("file", "model", "k", "label", "speaker", "source", "tag", "like", "unlike",
+                                         "hide_seen"), 1, settings.max_upload_bytes + FORM_SLACK) as form:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise ApiError(400, "Send the query as a file field named 'file' (curl -F file=@query.wav).")
             k = run("Search", limits.top_k, field(form, "k", "10"), files=1)
             model = run("Search", model_of, form, files=1)
             filters = {key: field(form, key) for key in ("label", "speaker", "source", "tag")}
+            marks = [run("Search", limits.clip_ids, [str(v) for v in form.getlist(key)], f"{key}d clip ids", files=1)
+                     for key in ("like", "unlike")]
+            hide_seen = run("Search", flag, field(form, "hide_seen", "false"), "hide_seen", files=1)
 
             def work():
                 with tempfile.TemporaryDirectory(prefix="audiosearch-api-") as tmp:
                     (path,), _ = saved([upload], Path(tmp))
-                    return svc.search(path, model, k, filters=filters)
+                    return svc.search(path, model, k, filters=filters, liked=marks[0], disliked=marks[1],
+                                      hide_seen=hide_seen)
             res = await anyio.to_thread.run_sync(partial(run, "Search", work, files=1), limiter=searches)
         q = res.query
         return {"model": model, "files": 1, "hits": [hit_json(h) for h in res.hits],

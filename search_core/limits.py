@@ -35,6 +35,9 @@ MAX_PATH = 4096
 MAX_ID = 2 ** 63 - 1
 #: results per search
 MAX_K = 1000
+#: clips marked "more/less like this" in one feedback search, and clips hidden as already seen
+MAX_MARKS = 1000
+MAX_SEEN = 10_000
 #: pages of the library list (50 clips each: 50 million clips)
 MAX_PAGE = 1_000_000
 #: rows per page of a listing
@@ -121,6 +124,28 @@ def whole_number(value, field: str, lo: int, hi: int) -> int:
 
 def clip_id(value) -> int:
     return whole_number(value, "clip id", 1, MAX_ID)
+
+
+def clip_ids(values, field: str = "clip ids", hi: int = MAX_MARKS) -> list[int]:
+    """Distinct clip ids, in the order given, from ints, numeric strings or comma-separated lists
+    of them (``"3, 7"``, ``["3", 7]``); at most ``hi`` of them."""
+    if values is None:
+        return []
+    items = values.split(",") if isinstance(values, str) else values
+    out: list[int] = []
+    seen: set[int] = set()
+    for v in items:
+        parts = v.split(",") if isinstance(v, str) else [v]
+        for part in parts:
+            if isinstance(part, str) and not part.strip():
+                continue
+            n = whole_number(part.strip().lstrip("#") if isinstance(part, str) else part, "clip id", 1, MAX_ID)
+            if n not in seen:
+                seen.add(n)
+                out.append(n)
+            if len(out) > hi:
+                raise ValueError(f"At most {hi} {field} may be given.")
+    return out
 
 
 def top_k(value, hi: int = MAX_K) -> int:

@@ -247,6 +247,17 @@ class MetadataStore(LeaseRows, CenterRows):
         with self.engine.connect() as c:
             return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(*cond))]
 
+    def clip_vector_ids(self, model: str, clip_ids: Sequence[int]) -> dict[int, list[int]]:
+        """``{clip id: its ready vector ids for model, in segment order}``; clips without any are left out."""
+        out: dict[int, list[int]] = {}
+        with self.engine.connect() as c:
+            for chunk in _chunks([int(i) for i in clip_ids]):
+                q = (sa.select(vectors.c.clip_id, vectors.c.id).order_by(vectors.c.clip_id, vectors.c.seg)
+                     .where(vectors.c.clip_id.in_(chunk), vectors.c.model == model, vectors.c.status == READY))
+                for cid, vid in c.execute(q):
+                    out.setdefault(int(cid), []).append(int(vid))
+        return out
+
     def unfinished(self, owner: str | None = None) -> list[tuple[int, str, str]]:
         """``(vector_id, model, status)`` of every row that is not ready.
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from . import audio as audio_mod
 from . import limits
 from .schema import ClipRow
@@ -89,6 +91,8 @@ class SearchResult:
     query: audio_mod.Audio
     hits: list[Hit]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the query's vector as searched, in the collection's stored space (relevance feedback moves it)
+    vector: np.ndarray | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from . import audio as audio_mod
 from . import limits
 from .centering import from_index_space, to_index_space
 from .embedding import at_model_rate
+from .feedback import clip_vector, rocchio
 from .metadata import filter_conditions
 from .models import get_model
 from .records import Hit, SearchResult
@@ -54,22 +55,72 @@ class Search:
         return a, vec if raw else to_index_space(vec, self.stores.meta.center(model).mean)[0][0]
 
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
-               filters: dict | None = None, exact_max: int = FILTER_EXACT_MAX) -> SearchResult:
+               filters: dict | None = None, exact_max: int = FILTER_EXACT_MAX, liked=(), disliked=(),
+               hide_seen: bool = False) -> SearchResult:
         """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first.
 
         Long recordings are indexed as segments; hits from one file are grouped into one result
         (its best segment first, the others in ``Hit.segments``). ``filters`` restricts the
         search to clips whose ``label``/``speaker``/``source`` equals, or whose tags contain
         (``tag``), the given value (case-insensitive; empty values are ignored).
+
+        With ``liked``/``disliked`` clip ids (or ``hide_seen``), the hits are those of
+        :meth:`search_feedback` after this search, for one request that carries its marks (the CLI,
+        the HTTP API); ``hide_seen`` then hides the clips this search without feedback shows (its
+        top ``k``) and the marked ones. :attr:`SearchResult.vector` is the query's own vector.
         """
         k = limits.top_k(k)
         filter_conditions(filters)  # unknown filter keys fail before the query is embedded
+        marks = (limits.clip_ids(liked, "clips marked more like this"),
+                 limits.clip_ids(disliked, "clips marked less like this"))
         t0 = time.perf_counter()
         a, vec = self.embed_query(query, model)
         t1 = time.perf_counter()
         hits = self.search_vector(vec, model, k, filters=filters, exact_max=exact_max)
+        if marks[0] or marks[1] or hide_seen:
+            seen = {h.clip.id for h in hits} | set(marks[0]) | set(marks[1]) if hide_seen else ()
+            hits = self.search_feedback(vec, model, *marks, k, filters, seen, exact_max)
         t2 = time.perf_counter()
-        return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0})
+        return SearchResult(model, a, hits, {"embed": t1 - t0, "search": t2 - t1, "total": t2 - t0}, vector=vec)
+
+    def search_feedback(self, vec: np.ndarray, model: str, liked=(), disliked=(), k: int = 10,
+                        filters: dict | None = None, exclude=(), exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:
+        """Search again after relevance feedback: ``vec`` (the query vector a search returned,
+        :attr:`SearchResult.vector`) moved toward the ``liked`` clips and away from the ``disliked``
+        ones (:func:`search_core.feedback.rocchio`, on their stored vectors: nothing is embedded
+        again), the clips in ``exclude`` (e.g. those already seen) left out.
+
+        A marked clip that has no vectors for ``model`` (unknown, deleted) raises ValueError.
+        """
+        k = limits.top_k(k)
+        liked = limits.clip_ids(liked, "clips marked more like this")
+        disliked = limits.clip_ids(disliked, "clips marked less like this")
+        exclude = set(limits.clip_ids(exclude, "clips to hide", limits.MAX_SEEN))
+        both = set(liked) & set(disliked)
+        if both:
+            raise ValueError(f"Clip #{min(both)} is marked both more and less like this.")
+        filter_conditions(filters)
+        vec, dim = np.asarray(vec, dtype=np.float32), get_model(model).info.dim
+        if vec.ndim != 1 or (dim and vec.size != dim):
+            raise ValueError(f"The query vector must have {dim} values for {model}; got shape {vec.shape}.")
+        marked = self.clip_vectors(model, liked + disliked)
+        moved = rocchio(vec, [marked[c] for c in liked], [marked[c] for c in disliked])
+        return self.search_vector(moved, model, k, filters=filters, exclude=exclude, exact_max=exact_max)
+
+    def clip_vectors(self, model: str, clip_ids) -> dict[int, np.ndarray]:
+        """``{clip id: the mean of its stored segment vectors for model}`` (see
+        :func:`search_core.feedback.clip_vector`); a clip without vectors raises ValueError."""
+        ids = self.stores.meta.clip_vector_ids(model, clip_ids)
+        missing = [c for c in clip_ids if c not in ids]
+        if missing:
+            raise ValueError(f"Clip #{missing[0]} is not in the library for {model}.")
+        stored = self.stores.vectors.get(model, [v for vs in ids.values() for v in vs])
+        out = {}
+        for cid, vids in ids.items():
+            if not all(v in stored for v in vids):
+                raise ValueError(f"Clip #{cid} is not in the library for {model}.")
+            out[cid] = clip_vector([stored[v] for v in vids])
+        return out
 
     def search_clip(self, clip_id: int, model: str, k: int = 10, filters: dict | None = None,
                     exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:
@@ -82,8 +133,11 @@ class Search:
         return self.search_vector(vec, model, k, filters, exclude_clip=clip_id, exact_max=exact_max)
 
     def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
-                      exclude_clip: int | None = None, exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:
+                      exclude=(), exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:
         """Search with an embedding; joins ready metadata rows and groups segments by clip.
+
+        Clips whose id is in ``exclude`` (a set, or one id) are left out; the search fetches on
+        until ``k`` others are found.
 
         With ``filters``, SQL resolves which vectors may match. A selective filter (at most
         ``exact_max`` vectors) is searched exactly over that subset; a broad one is applied in the
@@ -91,10 +145,11 @@ class Search:
         ``benchmarks/filter_bench.py`` for why this beats a Milvus filter here.
         """
         meta, vectors = self.stores.meta, self.stores.vectors
+        exclude = {int(exclude)} if isinstance(exclude, (int, np.integer)) else set(exclude or ())
         filters = {key: v for key, v in (filters or {}).items() if v is not None and str(v).strip()}
         filter_conditions(filters)
         post_filters: dict | None = None
-        fetch = int(k) * 3 + 10
+        fetch = min(MAX_FETCH, int(k) * 3 + 10 + len(exclude))  # hidden clips may take up to that many ranks
         search = lambda n: vectors.search(model, vec[None, :], n)[0]  # noqa: E731
         if filters:
             allowed = meta.filtered_vector_ids(model, filters, limit=exact_max)
@@ -118,7 +173,7 @@ class Search:
                 if ref is None:
                     continue  # not ready (being written or deleted): never shown
                 cid = ref.clip.id
-                if cid == exclude_clip:
+                if cid in exclude:
                     continue
                 if cid not in grouped:
                     grouped[cid] = Hit(0, ref.clip, h.id, h.score, ref.start_s, ref.end_s,

@@ -187,16 +187,26 @@ class LibraryService:
 
     @_faults_reported
     def search(self, query: audio_mod.Audio | str | os.PathLike, model: str, k: int = 10,
-               filters: dict | None = None) -> SearchResult:
-        """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first; see
-        :meth:`search_core.search.Search.search`."""
-        return self._search.search(query, model, k, filters, exact_max=FILTER_EXACT_MAX)
+               filters: dict | None = None, liked=(), disliked=(), hide_seen: bool = False) -> SearchResult:
+        """The ``k`` clips most similar to ``query`` (a path or decoded audio), best first, moved by
+        relevance feedback when clips are marked; see :meth:`search_core.search.Search.search`."""
+        return self._search.search(query, model, k, filters, FILTER_EXACT_MAX, liked, disliked, hide_seen)
 
     @_faults_reported
     def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
-                      exclude_clip: int | None = None) -> list[Hit]:
-        """Search with an embedding; joins ready metadata rows and groups segments by clip."""
-        return self._search.search_vector(vec, model, k, filters, exclude_clip, exact_max=FILTER_EXACT_MAX)
+                      exclude=()) -> list[Hit]:
+        """Search with an embedding; joins ready metadata rows and groups segments by clip; the
+        clip ids in ``exclude`` are left out."""
+        return self._search.search_vector(vec, model, k, filters, exclude, exact_max=FILTER_EXACT_MAX)
+
+    @_faults_reported
+    def search_feedback(self, vec: np.ndarray, model: str, liked=(), disliked=(), k: int = 10,
+                        filters: dict | None = None, exclude=()) -> list[Hit]:
+        """Search again with ``vec`` (a :attr:`SearchResult.vector`) moved toward the ``liked`` clip
+        ids and away from the ``disliked`` ones, ``exclude`` left out; see
+        :meth:`search_core.search.Search.search_feedback`."""
+        return self._search.search_feedback(vec, model, liked, disliked, k, filters, exclude,
+                                            exact_max=FILTER_EXACT_MAX)
 
     @_faults_reported
     def search_clip(self, clip_id: int, model: str, k: int = 10, filters: dict | None = None) -> list[Hit]:

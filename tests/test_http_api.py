@@ -89,7 +89,7 @@ def test_the_readme_curl_examples_search_add_count_list_and_delete(app_url, tmp_
     added, folder = answer(results, "/api/clips", "-F")
     assert [a["name"] for a in added["added"]] == ["dog.wav", "cat.wav"] and not added["rejected"]
     assert sorted(a["name"] for a in folder["added"]) == ["bird song.wav", "drip.wav"]
-    top5, filtered = answer(results, "/api/search")
+    top5, filtered, again = answer(results, "/api/search")
     hit = top5["hits"][0]
     assert hit["name"] == "dog.wav" and hit["id"] == added["added"][0]["id"]
     assert hit["score"] > 0.9 and hit["distance"] == pytest.approx(1 - hit["score"], abs=1e-3)
@@ -97,6 +97,9 @@ def test_the_readme_curl_examples_search_add_count_list_and_delete(app_url, tmp_
     assert [h["rank"] for h in top5["hits"]] == [1, 2, 3, 4]
     assert {h["name"] for h in filtered["hits"]} == {"dog.wav", "cat.wav"}  # label=animal only
     cat = next(h for h in filtered["hits"] if h["name"] == "cat.wav")
+    # relevance feedback, new clips only: neither the marked clips nor the first page (top 2) come back
+    seen = {h["id"] for h in top5["hits"][:2]} | {2, 3}
+    assert {h["id"] for h in again["hits"]} == {h["id"] for h in top5["hits"]} - seen, again
     served = httpx.get(app_url.rstrip("/") + cat["audio_url"], timeout=30)
     assert served.status_code == 200 and served.content == (tmp_path / "cat.wav").read_bytes()
     assert answer(results, "/api/count")[0] == {"clips": 4, "by_model": {MODEL: 4}}
@@ -154,6 +157,10 @@ def test_bad_input_is_one_sentence_and_changes_nothing(app_url, tmp_path):
         (post("/api/clips", "good.wav", {"model": "nope"}), "unknown model 'nope'"),
         (post("/api/clips", "good.wav", {"model": MODEL, "label": "x" * 300}), "The label is 300 characters long"),
         (post("/api/search", "good.wav", {"model": MODEL, "lable": "dog"}, "file"), "Unknown field 'lable'"),
+        (post("/api/search", "good.wav", {"model": MODEL, "like": "two"}, "file"), "clip id must be a whole number"),
+        (post("/api/search", "good.wav", {"model": MODEL, "like": "999999"}, "file"),
+         f"Clip #999999 is not in the library for {MODEL}."),
+        (post("/api/search", "good.wav", {"model": MODEL, "hide_seen": "maybe"}, "file"), "must be true or false"),
         (api(app_url, "POST", "/api/search", data={"model": MODEL}), "Send a multipart form"),
         (api(app_url, "GET", "/api/clips?per_page=0"), "per_page) must be a whole number"),
         (api(app_url, "DELETE", "/api/clips/abc", ADMIN), "The clip id must be a whole number"),

@@ -154,8 +154,11 @@ def query_note(q) -> str:
     return f"(query {q.duration_s:.1f} s)"
 
 
-def search_outputs(res, model: str, render_dir: Path | None = None) -> list:
+def search_outputs(res, model: str, render_dir: Path | None = None, note: str | None = None) -> list:
     """The Search tab's outputs for a ``SearchResult``, in the order of the /search endpoint.
+
+    A result without a query (``res.query`` None: searched again after relevance feedback) leaves
+    the query's pictures as they are and says ``note`` where the query's length would be.
 
     Query waveform, query spectrogram, status text, then ``MAX_K`` slots of (visibility, audio,
     info HTML, waveform image), then the hits as data. Pictures and segment audio are made in a
@@ -166,10 +169,14 @@ def search_outputs(res, model: str, render_dir: Path | None = None) -> list:
     """
     render_dir = Path(render_dir) if render_dir is not None else Path(tempfile.gettempdir()) / "audiosearch-render"
     q = res.query
-    q_wave = _RENDER_POOL.submit(lambda: str(plots.save_once(
-        plots.image_bytes(plots.waveform_image(q.samples, 640, 80)), render_dir, ".png")))
-    q_spec = _RENDER_POOL.submit(lambda: str(plots.save_once(
-        plots.image_bytes(plots.spectrogram_image(q.samples, q.sample_rate, 640, 120), "jpeg"), render_dir, ".jpg")))
+    if q is None:
+        q_wave = q_spec = _RENDER_POOL.submit(gr.update)
+    else:
+        q_wave = _RENDER_POOL.submit(lambda: str(plots.save_once(
+            plots.image_bytes(plots.waveform_image(q.samples, 640, 80)), render_dir, ".png")))
+        q_spec = _RENDER_POOL.submit(lambda: str(plots.save_once(
+            plots.image_bytes(plots.spectrogram_image(q.samples, q.sample_rate, 640, 120), "jpeg"), render_dir,
+            ".jpg")))
     audios = [_RENDER_POOL.submit(_player, h, render_dir) for h in res.hits]
     waves = [_RENDER_POOL.submit(hit_waveform, h, render_dir) for h in res.hits]
     shown = []
@@ -184,13 +191,13 @@ def search_outputs(res, model: str, render_dir: Path | None = None) -> list:
             continue
         shown.append((h, player, wave))
     status = (f"**{len(shown)}** hits with **{model}** in {res.seconds['total'] * 1000:.0f} ms "
-              f"{query_note(q)}. Score = cosine similarity of the embeddings; "
+              f"{query_note(q) if q is not None else note}. Score = cosine similarity of the embeddings; "
               f"distance = 1 − score.")
     scale = bar_scale([h.score for h, _, _ in shown]) if shown else None
     if scale is not None and len(shown) > 1:
         status += (f" Bars run from {scale[0]:.3f} (empty) to {scale[1]:.3f} (full), this search's range, "
                    "so the clearly closer hits stand out.")
-    if not res.hits:
+    if not res.hits and q is not None:
         status += " The library has no clips for this model yet: add some in the Library tab."
     outs = [q_wave.result(), q_spec.result(), status]
     for i in range(MAX_K):

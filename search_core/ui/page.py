@@ -71,6 +71,10 @@ CSS = """
 .hit-group .hit-row{position:static !important}
 .hit-group .hit-title{padding-right:88px}
 .hit-group button.hit-delete{position:absolute;top:6px;right:8px;width:auto;min-width:0 !important;z-index:1}
+/* a hit's 👍 / 👎 toggles: side by side under its player, wrapping on a narrow phone */
+.hit-marks{flex-wrap:wrap;gap:6px !important;padding:0 8px 8px 8px}
+.hit-marks button{flex:0 1 auto;white-space:nowrap}
+#feedback-row{flex-wrap:wrap;align-items:center}
 /* the Library list on a phone: every column inside the box (shares of its width), smaller type that wraps */
 @media (max-width:640px){
   #library-table [role=columnheader],#library-table [role=gridcell],#library-table .cell-wrap{padding:3px 2px !important}
