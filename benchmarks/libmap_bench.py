@@ -60,7 +60,7 @@ def main() -> None:
         payload = map_json(m)
         res["payload_bytes"] = len(payload.encode())
         if args.quality:
-            by_clip = svc.meta.ready_vectors_by_clip(args.model)
+            by_clip = svc.meta.clip_vector_ids(args.model)
             vecs = svc.stores.clip_vectors(args.model, by_clip)
             ids = [c.id for c in m.clips]
             x = np.stack([vecs[i] for i in ids])

@@ -225,12 +225,7 @@ def cmd_map(args) -> int:
         raise ValueError(f"--out {out.name}: name a .png (a picture) or a .csv (the coordinates)")
     m = svc.library_map(model, refit=args.refit)
     if out.suffix.lower() == ".csv":
-        import csv
-
-        with open(out, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["clip_id", "name", "label", "x", "y"])
-            w.writerows([c.id, c.original_name, c.label or "", f"{x:.5f}", f"{y:.5f}"] for c, (x, y) in zip(m.clips, m.xy))
+        m.write_csv(out)
     else:
         from .plots import NO_LABEL, map_image
 

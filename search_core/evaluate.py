@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import Settings, get_settings
 from .feedback import Feedback
-from .metrics import (Metrics, Rules, ann_recall_at_k, average_precision_at_k,  # noqa: F401  (re-exported:
+from .metrics import (PRESETS, Metrics, Rules, ann_recall_at_k, average_precision_at_k,  # noqa: F401  (re-exported:
                       center, clip_scores, exact_ranking, exclusion_mask, feedback_round,  # tests import them
                       precision_at_k, relevance_matrix, score_rankings)                    # from here)
 

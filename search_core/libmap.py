@@ -39,6 +39,15 @@ class LibraryMap:
     def __len__(self) -> int:
         return len(self.clips)
 
+    def write_csv(self, path: str | Path) -> None:
+        """The map as CSV: ``clip_id, name, label, x, y``, a row per clip."""
+        import csv
+
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["clip_id", "name", "label", "x", "y"])
+            w.writerows([c.id, c.original_name, c.label or "", f"{x:.5f}", f"{y:.5f}"] for c, (x, y) in zip(self.clips, self.xy))
+
 
 class MapRoom:
     """Draws and caches the library map of each model (reads the stores, writes only its cache file)."""
@@ -58,7 +67,7 @@ class MapRoom:
     def _draw(self, model: str, refit: bool) -> LibraryMap:
         t0 = time.perf_counter()
         meta, path = self.stores.meta, self.cache_path(model)
-        by_clip = meta.ready_vectors_by_clip(model)
+        by_clip = meta.clip_vector_ids(model)
         if not by_clip:
             raise ValueError(f"No clips for {model} yet: add some to the library first.")
         t_rows = time.perf_counter()

@@ -231,30 +231,20 @@ class MetadataStore(LeaseRows, CenterRows):
                 models.setdefault(int(cid), []).append(m)
         return [(r, sorted(models.get(r.id, []))) for r in rows]
 
-    def ready_vectors_by_clip(self, model: str, clip_id: int | None = None) -> dict[int, list[int]]:
-        """``{clip id: its ready vector ids}`` for ``model``: every clip, or only ``clip_id``."""
-        q = sa.select(vectors.c.clip_id, vectors.c.id).where(vectors.c.model == model, vectors.c.status == READY)
-        if clip_id is not None:
-            q = q.where(vectors.c.clip_id == int(clip_id))
-        out: dict[int, list[int]] = {}
-        with self.engine.connect() as c:
-            for cid, vid in c.execute(q.order_by(vectors.c.clip_id, vectors.c.id)):
-                out.setdefault(int(cid), []).append(int(vid))
-        return out
-
     def vector_ids(self, model: str, status: str | None = None) -> list[int]:
         cond = [vectors.c.model == model] + ([vectors.c.status == status] if status else [])
         with self.engine.connect() as c:
             return [int(r[0]) for r in c.execute(sa.select(vectors.c.id).where(*cond))]
 
-    def clip_vector_ids(self, model: str, clip_ids: Sequence[int]) -> dict[int, list[int]]:
-        """``{clip id: its ready vector ids for model, in segment order}``; clips without any are left out."""
+    def clip_vector_ids(self, model: str, clip_ids: Sequence[int] | None = None) -> dict[int, list[int]]:
+        """``{clip id: its ready vector ids for model, in segment order}`` for ``clip_ids`` (every clip
+        if None); clips without any are left out."""
+        q = (sa.select(vectors.c.clip_id, vectors.c.id).order_by(vectors.c.clip_id, vectors.c.seg)
+             .where(vectors.c.model == model, vectors.c.status == READY))
         out: dict[int, list[int]] = {}
         with self.engine.connect() as c:
-            for chunk in _chunks([int(i) for i in clip_ids]):
-                q = (sa.select(vectors.c.clip_id, vectors.c.id).order_by(vectors.c.clip_id, vectors.c.seg)
-                     .where(vectors.c.clip_id.in_(chunk), vectors.c.model == model, vectors.c.status == READY))
-                for cid, vid in c.execute(q):
+            for chunk in [None] if clip_ids is None else _chunks([int(i) for i in clip_ids]):
+                for cid, vid in c.execute(q if chunk is None else q.where(vectors.c.clip_id.in_(chunk))):
                     out.setdefault(int(cid), []).append(int(vid))
         return out
 

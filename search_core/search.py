@@ -126,11 +126,11 @@ class Search:
                     exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:
         """The ``k`` clips most similar to library clip ``clip_id`` (its stored vector: the mean of
         its segments' for a long recording), the clip itself left out."""
-        by_clip = self.stores.meta.ready_vectors_by_clip(model, clip_id)
+        by_clip = self.stores.meta.clip_vector_ids(model, [clip_id])
         vec = self.stores.clip_vectors(model, by_clip).get(clip_id)
         if vec is None:
             raise KeyError(f"No clip {clip_id} in the library for {model}.")
-        return self.search_vector(vec, model, k, filters, exclude_clip=clip_id, exact_max=exact_max)
+        return self.search_vector(vec, model, k, filters, exclude={clip_id}, exact_max=exact_max)
 
     def search_vector(self, vec: np.ndarray, model: str, k: int = 10, filters: dict | None = None,
                       exclude=(), exact_max: int = FILTER_EXACT_MAX) -> list[Hit]:

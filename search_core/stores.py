@@ -71,7 +71,7 @@ class Stores:
 
     def clip_vectors(self, model: str, by_clip: dict[int, list[int]]) -> dict[int, np.ndarray]:
         """``{clip id: unit vector}``: each clip's segment vectors (``by_clip``: their ids, see
-        :meth:`MetadataStore.ready_vectors_by_clip`) averaged; clips whose vectors are gone are left out."""
+        :meth:`MetadataStore.clip_vector_ids`) averaged; clips whose vectors are gone are left out."""
         stored = self.vectors.get(model, [v for vids in by_clip.values() for v in vids])
         out = {}
         for cid, vids in by_clip.items():
