@@ -86,6 +86,7 @@ def build_app(svc: LibraryService, access: Access = Access(), guard: Guard | Non
         all_menus = functools.partial(model_menus, len(menus))
         demo.load(library.counts_md, None, [library.counts], **QUIET)  # (the library may still be opening:
         demo.load(library.first_page, None, [library.grid], **QUIET)    # nothing is read while the page is built)
+        demo.load(library.centering_md, [library.model], [library.centering], **QUIET)
         demo.load(all_menus, None, menus, **QUIET)
         demo.load(speakers.view, None, speakers.outputs, **QUIET)
         demo.load(duplicates.view, None, duplicates.outputs, **QUIET)

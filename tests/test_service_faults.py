@@ -193,21 +193,22 @@ def test_the_app_serves_its_page_while_milvus_is_down_at_start_and_works_once_it
                                     "MILVUS_TIMEOUT_S": "20"}) as url:
             client = Client(url, verbose=False)
 
-            def ingest():  # as a user does: "try again in a moment" while the library opens
+            def ingest(retry_on=("still opening",)):  # as a user does: "try again in a moment"
                 deadline = time.monotonic() + 300
                 while True:
                     try:
                         return client.predict([handle_file(str(p)) for p in paths], MODEL, "", "", "",
                                               api_name="/ingest")[0]
                     except Exception as err:  # noqa: BLE001
-                        if "still opening" not in str(err) or time.monotonic() > deadline:
+                        if not any(r in str(err) for r in retry_on) or time.monotonic() > deadline:
                             raise
             with pytest.raises(Exception) as err:
                 ingest()
             assert re.search(r"^Milvus is not answering; (0 clips stored before it stopped; )?try again once it is "
                              r"back\.$", str(err.value))  # (the opening's error, or the ingest's)
             milvus_server.start()
-            assert "2 added" in ingest()
+            # a server just started may still time out creating its first collection (seen under load)
+            assert "2 added" in ingest(retry_on=("still opening", "not answering"))
             hits = client.predict(query_path=handle_file(str(paths[0])), model=MODEL, k=2, api_name="/search")[-1]
             assert hits[0]["name"] == "c0.wav"
     finally:
@@ -238,3 +239,25 @@ def test_a_library_still_opening_says_so_and_answers_once_open(tmp_path, monkeyp
     gate.set()
     assert svc.wait(30) and svc.count(MODEL) == 0 and svc.is_open
     svc.close()
+
+
+def test_the_page_is_built_without_reading_the_library(tmp_path, monkeypatch):
+    """The app serves its page while the stores open, so building it must read nothing from them (a
+    component whose value is a function is called by Gradio when the page is built). Every store
+    read here raises: building the whole page must still succeed, and each list comes with the
+    page-load events instead."""
+    import threading
+
+    from search_core import service as service_mod
+
+    gate = threading.Event()
+    def never_opens(self, settings, **kw):
+        gate.wait(30)
+        raise RuntimeError("not opened in this test")
+    monkeypatch.setattr(service_mod.LibraryService, "__init__", never_opens)
+    import app
+
+    svc = service_mod.OpeningService(make_settings(tmp_path), wait_s=0.01, recover="start")
+    demo = app.build_app(svc)  # raised StillOpening (or, with a store down, its error) before
+    assert len(demo.fns) > 20
+    gate.set()

@@ -202,7 +202,7 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
                 del_no = gr.Button("Cancel", elem_id="delete-cancel")
         del_id = gr.Number(label="Clip id to delete", precision=0, visible=False, elem_id="delete-id")
         with gr.Accordion("Centering (the collection's mean, subtracted before cosine)", open=False):
-            center_md = gr.Markdown(lambda: h.centering_md(default_model), elem_id="centering-status")
+            center_md = gr.Markdown(elem_id="centering-status")  # filled on every page load (app.py)
             center_btn = gr.Button("Recompute the mean and re-index (admin)", elem_id="recenter-button")
         with gr.Accordion("Drop a model's whole collection", open=False):
             drop_model = gr.Dropdown(choices=choices, value=default_model, label="Model")
@@ -233,6 +233,7 @@ def library_tab(svc: LibraryService, gate: Gate, throttle, state: gr.State, choi
         for changed in (lib_model.change, ingested.success, imported.success):
             changed(h.centering_md, [lib_model], [center_md], **QUIET)
     return SimpleNamespace(counts=counts, counts_md=h.counts_md, menus=[lib_model, drop_model], delete=h.delete,
+                           centering=center_md, centering_md=h.centering_md,
                            first_page=functools.partial(h.browse_rows, default_model, ""),
                            model=lib_model, query=browse_q, grid=grid,
                            ingested=ingested, imported=imported, deleted=deleted, dropped=dropped)
