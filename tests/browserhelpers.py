@@ -106,7 +106,11 @@ def toasts(page) -> list[str]:
 
 
 def images_loaded(page, selector: str) -> list[tuple[int, int]]:
-    """(naturalWidth, naturalHeight) of every visible image under ``selector``, after it has loaded."""
+    """(naturalWidth, naturalHeight) of every visible image under ``selector``, after it has loaded
+    (each is scrolled to first, as a person scrolling the page does: pictures load lazily)."""
+    for img in page.locator(selector).all():
+        if img.is_visible():
+            img.scroll_into_view_if_needed()
     page.wait_for_function(
         "(sel) => [...document.querySelectorAll(sel)].filter(i => i.offsetParent)"
         ".every(i => i.complete && i.naturalWidth > 0)", arg=selector, timeout=15_000)
