@@ -31,6 +31,17 @@ DATASETS = ("esc50", "fsdd", "emodb")
 START, END = "<!-- eval-table: python benchmarks/report.py eval --run -->", "<!-- /eval-table -->"
 
 
+def _change_line(runs: dict, models, key: str, title: str, change) -> str:
+    """One sentence under the table: ``change(run)`` in points per model and data set, for the runs
+    that have ``key``; empty when none has."""
+    per_model = []
+    for m in models:
+        parts = [f"{d} {_points(change(runs[m, d]))}" for d in DATASETS if (m, d) in runs and runs[m, d].get(key)]
+        if parts:
+            per_model.append(f"`{m}` {', '.join(parts)}")
+    return f"\n{title}: {'; '.join(per_model)}." if per_model else ""
+
+
 def eval_table(folder: Path | None = None) -> str:
     """The README's retrieval table from the eval JSON files in ``folder`` (results/eval)."""
     runs = {}
@@ -54,23 +65,11 @@ def eval_table(folder: Path | None = None) -> str:
             lines.append(f"| `{m}` | {d} | {r['clips']} | {_space(r)} | {a['p_at_k']:.3f} | {a['map_at_k']:.3f} | "
                          f"{a['r_at_1']:.3f} | {r['ann_recall']:.3f} | {_triple(_uncentered(r))} | "
                          f"{_triple(r.get('centered'))} | {feedback} | {flags} |")
-    changes = []
-    for m in models:
-        parts = [f"{d} {_points(runs[m, d]['centered']['map_at_k'] - _uncentered(runs[m, d])['map_at_k'])}"
-                 for d in DATASETS if (m, d) in runs and runs[m, d].get("centered")]
-        if parts:
-            changes.append(f"`{m}` {', '.join(parts)}")
-    if changes:
-        lines.append(f"\nCentering changes mAP@10 (exact search both ways, points): {'; '.join(changes)}.")
-    gains = []
-    for m in models:
-        parts = [f"{d} {_points(runs[m, d]['feedback']['residual_p'] - runs[m, d]['feedback']['next_p'])}"
-                 for d in DATASETS if (m, d) in runs and runs[m, d].get("feedback")]
-        if parts:
-            gains.append(f"`{m}` {', '.join(parts)}")
-    if gains:
-        lines.append(f"\nOne round of relevance feedback changes P of the next 10 (points): {'; '.join(gains)}.")
-    return "\n".join(lines)
+    lines.append(_change_line(runs, models, "centered", "Centering changes mAP@10 (exact search both ways, points)",
+                              lambda r: r["centered"]["map_at_k"] - _uncentered(r)["map_at_k"]))
+    lines.append(_change_line(runs, models, "feedback", "One round of relevance feedback changes P of the next 10 "
+                              "(points)", lambda r: r["feedback"]["residual_p"] - r["feedback"]["next_p"]))
+    return "\n".join(line for line in lines if line)
 
 
 def _space(r: dict) -> str:
