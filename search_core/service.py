@@ -14,6 +14,8 @@ and hands each call to its room. The write order and what recovery repairs are d
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -323,8 +325,6 @@ class OpeningService:
     """
 
     def __init__(self, settings: Settings, wait_s: float = 60.0, **kwargs):
-        import threading
-
         self.settings, self.library_dir, self.wait_s, self._kwargs = settings, settings.library_dir, wait_s, kwargs
         self._lock = threading.Lock()
         self._svc: LibraryService | None = None
@@ -334,9 +334,6 @@ class OpeningService:
         self._start()
 
     def _start(self) -> None:
-        import threading
-        import time
-
         self._done.clear()
         self._error, self._started = None, time.monotonic()
         threading.Thread(target=self._open, daemon=True, name="library-open").start()
@@ -351,8 +348,6 @@ class OpeningService:
 
     def wait(self, timeout: float | None = None) -> LibraryService:
         """The open service; waits up to ``timeout`` (default ``wait_s``) seconds for it."""
-        import time
-
         with self._lock:
             if self._done.is_set() and self._svc is None:  # the last attempt failed: try again
                 self._start()

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .config import Settings
+from .feedback import clip_vector
 from .metadata import ClipRow, MetadataStore, WriterLease
 from .vectors import VectorStore
 
@@ -77,8 +78,7 @@ class Stores:
         for cid, vids in by_clip.items():
             got = [stored[v] for v in vids if v in stored]
             if got:
-                mean = np.mean(got, axis=0)
-                out[cid] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+                out[cid] = clip_vector(got).astype(np.float32)
         return out
 
     def remove_file(self, stored_name: str) -> None:
