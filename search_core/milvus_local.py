@@ -16,6 +16,9 @@ the recorded server when it answers, else starts one, in a session of its own so
 a crash of the process that started it. At exit, a process drops its shared lock and, if it can
 then take ``users.lock`` exclusively at once, no other process uses the server and it stops it
 (SIGTERM, SIGKILL after ``GRACEFUL_STOP_S`` + 5 s).
+With ``MILVUS_KEEP_SERVER=1`` in its environment a process leaves the server running when it exits
+(a restarted app then attaches at once instead of waiting for the server's own restart, which grows
+with the library); ``python -m search_core.milvus_local stop <folder>`` stops it when unused.
 A process killed without its exit handler leaves the server running; the next one attaches to it.
 A server started on existing data is used once every collection answers a Strong read (it
 replays its log first; a read that does not wait would find an emptier library).
@@ -35,9 +38,16 @@ import sys
 import time
 from pathlib import Path
 
+from .config import env_flag
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
-GRACEFUL_STOP_S = 10
+# its query node's graceful stop waits this long to hand its segments to another query node, which a
+# standalone server does not have: 10 s made every stop take 12 s, 3 s takes ~5 s (BENCHMARKS.md, "Start-up")
+GRACEFUL_STOP_S = 3
+# a restarted server waits for the sessions its predecessor left in etcd to expire before its nodes
+# take the data over (milvus-io/milvus#28183); Milvus' default of 30 s made every restart ~35 s
+SESSION_TTL_S = 10
 
 _users: dict[Path, int] = {}  # folder -> fd holding this process' shared lock on users.lock
 
@@ -162,6 +172,7 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
             # Milvus' default waits up to 30 min on SIGTERM for a standalone query node to hand its
             # segments to another (there is none); written data is safe in its log either way
             "--extra-config", f"common.gracefulStopTimeout={GRACEFUL_STOP_S}",
+            "--extra-config", f"common.session.ttl={SESSION_TTL_S}",
             # fresh (growing) data is searched through an interim IVF index (nlist 128) until its
             # HNSW index is loaded, about a minute after a bulk load; its default nprobe 16 found
             # 7 of the 10 true neighbours, all 128 lists find them (BENCHMARKS.md, "Search at scale")
@@ -282,18 +293,43 @@ def release(folder: str | os.PathLike) -> bool:
         if not folder.is_dir():  # removed under us (a temporary library): nothing left to stop
             return False
         fcntl.flock(fd, fcntl.LOCK_UN)
+        if env_flag("MILVUS_KEEP_SERVER", default=False):
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # another process still uses it
-        with open(folder / "start.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state = _state(folder)
-            if not _alive(state.get("pid"), folder):
-                return False
-            _stop_group(state["pid"], GRACEFUL_STOP_S + 5)
-            (folder / "server.json").write_text(json.dumps({"port": state["port"]}))
-            return True
+        return _stop_server(folder)
+    finally:
+        os.close(fd)
+
+
+def _stop_server(folder: Path) -> bool:
+    """Stop the server of ``folder`` if it runs (under ``start.lock``); returns whether it ran."""
+    with open(folder / "start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = _state(folder)
+        if not _alive(state.get("pid"), folder):
+            return False
+        _stop_group(state["pid"], GRACEFUL_STOP_S + 5)
+        (folder / "server.json").write_text(json.dumps({"port": state["port"]}))
+        return True
+
+
+def stop(folder: str | os.PathLike) -> str:
+    """Stop the server of ``folder`` unless a process uses it (one left running by
+    ``MILVUS_KEEP_SERVER=1``); returns a sentence saying what was done."""
+    folder = Path(folder).resolve()
+    if not (folder / "users.lock").is_file():
+        return f"{folder} holds no Milvus server run by the app"
+    fd = os.open(folder / "users.lock", os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"the Milvus server in {folder} is in use by another process (the app or the CLI); stop that first"
+        return f"stopped the Milvus server in {folder}" if _stop_server(folder) \
+            else f"the Milvus server in {folder} was not running"
     finally:
         os.close(fd)
 
@@ -308,3 +344,9 @@ def stopped(folder: str | os.PathLike, timeout_s: float = 60.0) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+if __name__ == "__main__":  # python -m search_core.milvus_local stop DATA_DIR/milvus-server
+    if len(sys.argv) != 3 or sys.argv[1] != "stop":
+        sys.exit("usage: python -m search_core.milvus_local stop DATA_DIR/milvus-server")
+    print(stop(sys.argv[2]))

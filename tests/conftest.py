@@ -13,6 +13,8 @@ from pathlib import Path
 STORE_VARIABLES = ("DATA_DIR", "MILVUS_URI", "DATABASE_URL", "LIBRARY_DIR", "WEIGHTS_DIR")
 for _var in STORE_VARIABLES:
     os.environ.pop(_var, None)
+# the servers the tests start stop with their last user, whatever the shell asks for the app's own
+os.environ.pop("MILVUS_KEEP_SERVER", None)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("SEARCH_CORE_OFFLINE", "1")

@@ -97,6 +97,53 @@ def test_the_server_is_shared_stopped_by_its_last_user_and_keeps_the_data(tmp_pa
         milvus_local.stopped(folder, timeout_s=120)
 
 
+WRITE = """
+import sys
+import numpy as np
+from search_core.vectors import VectorStore
+vs = VectorStore(sys.argv[1])
+vs.upsert("clips", [1, 2, 3], np.eye(3, 8, dtype=np.float32))
+print(vs.count("clips"))
+"""
+
+
+def test_with_keep_server_a_restart_attaches_and_stop_ends_it_when_unused(tmp_path, monkeypatch):
+    """``MILVUS_KEEP_SERVER=1``: the app's exit leaves its server running, so the next start attaches
+    instead of waiting for a restart; ``python -m search_core.milvus_local stop`` ends it, not under a user."""
+    if not os.environ.get("MILVUS_SERVER_BIN") and not (REPO / ".venv-milvus" / "bin" / "milvus-server").is_file():
+        pytest.fail("the Milvus server launcher is not installed: run `make test` or set MILVUS_SERVER_BIN")
+    folder = tmp_path / "milvus-server"
+    uri = f"local://{folder}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MILVUS_KEEP_SERVER": "1"}
+    try:
+        out = subprocess.run([sys.executable, "-c", WRITE, uri], cwd=REPO, capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split()[-1] == "3"
+        pid = _server_pid(folder)
+        assert milvus_local._alive(pid, folder.resolve()), "its last user left and stopped it"
+
+        monkeypatch.setenv("MILVUS_KEEP_SERVER", "1")
+        vs = VectorStore(uri)  # the next start: the same server, the data there at once
+        assert _server_pid(folder) == pid
+        assert vs.count("clips") == 3
+        assert "in use" in milvus_local.stop(folder)  # never pulled from under a running app
+        assert milvus_local._alive(pid, folder.resolve())
+        vs.close()
+        assert not milvus_local.release(folder)
+        assert milvus_local._alive(pid, folder.resolve())
+
+        out = subprocess.run([sys.executable, "-m", "search_core.milvus_local", "stop", str(folder)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.startswith("stopped the Milvus server")
+        assert milvus_local.stopped(folder, timeout_s=60)
+    finally:
+        pid = milvus_local._state(folder.resolve()).get("pid")
+        if pid and milvus_local._alive(pid, folder.resolve()):
+            milvus_local._stop_group(pid, grace_s=0)
+
+
 @pytest.mark.parametrize("uri", ["lite-file", "local"])
 def test_the_cli_runs_with_milvus_uri_in_its_environment(tmp_path, uri):
     """``make run`` sets MILVUS_URI=local in the environment, and the README shows MILVUS_URI set to
