@@ -82,6 +82,10 @@ CALL_TIMEOUT_S = 20.0
 LOAD_TIMEOUT_S = 300.0
 
 
+#: Milvus' error code for a collection that does not exist (server and Lite alike).
+COLLECTION_NOT_FOUND = 100
+
+
 class _Client:
     """A MilvusClient whose calls give up after ``timeout`` seconds, and which loads a collection
     that a restarted server has not loaded yet ("collection not loaded") and retries once."""
@@ -219,7 +223,9 @@ class VectorStore:
                filter_ids: Sequence[int] | None = None) -> list[list[VectorHit]]:
         """Top-``k`` ids by cosine similarity for each query row (best first)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if not self.exists(model):
+        # asked once per collection, not per search (a round trip each on a server); one dropped
+        # since (by another process) answers "not found" below
+        if self._ready.get(collection_name(model)) != queries.shape[1] and not self.exists(model):
             return [[] for _ in queries]
         name = self.ensure(model, queries.shape[1])
         params: dict = {"metric_type": "COSINE", "params": {}}
@@ -232,9 +238,18 @@ class VectorStore:
             if not filter_ids:
                 return [[] for _ in queries]
             kwargs["filter"] = f"id in [{','.join(str(int(i)) for i in filter_ids)}]"
-        res = self._read(name, lambda level: self.client.search(
-            name, data=list(queries), limit=int(k), search_params=params, output_fields=["id"],
-            consistency_level=level, **kwargs))
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            res = self._read(name, lambda level: self.client.search(
+                name, data=list(queries), limit=int(k), search_params=params, output_fields=["id"],
+                consistency_level=level, **kwargs))
+        except MilvusException as err:
+            if err.code != COLLECTION_NOT_FOUND:
+                raise
+            with self._lock:
+                self._ready.pop(name, None)
+            return [[] for _ in queries]
         return [[VectorHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in res]
 
     def get(self, model: str, ids: Sequence[int]) -> dict[int, np.ndarray]:

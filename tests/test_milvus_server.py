@@ -62,3 +62,29 @@ def test_a_collection_released_on_the_server_is_loaded_again(tmp_path, clips, mi
     finally:
         other.close()
         svc.close()
+
+
+def test_search_asks_once_whether_a_collection_exists_and_survives_its_drop_elsewhere(tmp_path, clips, milvus_uri):
+    """Each search used to ask the server whether the model's collection exists first (a round trip
+    per search); now it asks once. A collection another process drops since answers with no hits,
+    not an error, and the next search asks again."""
+    from search_core.service import LibraryService
+    from search_core.vectors import VectorStore
+
+    svc = LibraryService(replace(make_settings(tmp_path), milvus_uri=milvus_uri))
+    other = VectorStore(milvus_uri)  # another process' client
+    try:
+        svc.ingest_files(clips[:4], "mfcc_stats")
+        asked = []
+        real = svc.vectors.client.has_collection
+        svc.vectors.client.has_collection = lambda *a, **kw: asked.append(a) or real(*a, **kw)
+        for clip in clips[:4]:
+            assert svc.search(clip, "mfcc_stats", k=1).hits[0].clip.original_name == clip.name
+        assert asked == []
+        other.drop("mfcc_stats")
+        assert svc.search(clips[0], "mfcc_stats", k=1).hits == []
+        assert svc.search(clips[0], "mfcc_stats", k=1).hits == []
+        assert len(asked) == 1  # asked again once it was gone, not on every search since
+    finally:
+        other.close()
+        svc.close()
