@@ -13,6 +13,7 @@ and hands each call to its room. The write order and what recovery repairs are d
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -159,8 +160,9 @@ class LibraryService:
         try:
             if recenter.due(self.stores, model):
                 recenter.recenter(self.stores, model)
-        except Exception:  # noqa: BLE001 - the clips are stored; the state line says the mean is due
-            pass           # (or which vectors are behind: search scores them exactly meanwhile)
+        except Exception as err:  # noqa: BLE001 - the clips are stored; the state line says the mean is due
+            # (or which vectors are behind: search scores them exactly meanwhile); the log says why
+            logging.getLogger(__name__).warning("%s: re-centering after the ingest not done: %s", model, err)
 
     def ingest_folder(self, folder: str | os.PathLike, model: str, *, manifest: str | os.PathLike | None = None,
                       progress: ProgressFn | None = None, recursive: bool = True) -> IngestReport:
@@ -258,8 +260,10 @@ class LibraryService:
 
     @_faults_reported
     def drop_model(self, model: str) -> int:
-        """Drop a model's collection and its rows; clips left with no vectors go too."""
-        return self._maintenance.drop_model(model)
+        """Drop a model's collection, its rows and its map; clips left with no vectors go too."""
+        dropped = self._maintenance.drop_model(model)
+        self._map.cache_path(model).unlink(missing_ok=True)
+        return dropped
 
     @_faults_reported
     def recenter(self, model: str, off: bool = False) -> recenter.RecenterReport:

@@ -70,6 +70,24 @@ def test_a_collection_gets_its_mean_once_big_enough_and_search_ranks_by_centered
     assert not service.center(MODEL).on and "turned off" in service.centering_status(MODEL)
 
 
+def test_a_failed_automatic_re_index_keeps_the_ingest_and_says_why_in_the_log(service, tmp_path, monkeypatch,
+                                                                            caplog):
+    """The mean estimated after an ingest fails (a store fault midway): the clips the ingest stored
+    are reported added and searchable, the state line says a mean is due, and the log says why."""
+    def fails(stores, model, **kw):
+        raise SimulatedCrash("Milvus stopped answering")
+
+    monkeypatch.setattr(recenter_mod, "recenter", fails)
+    paths = make_clips(tmp_path / "in", 60)
+    with caplog.at_level("WARNING", logger="search_core.service"):
+        rep = service.ingest_files(paths, MODEL)
+    assert len(rep.added) == 60
+    assert names(service.search(paths[7], MODEL, k=1).hits) == [paths[7].name]
+    assert "a new mean is due" in service.centering_status(MODEL)
+    assert any("re-centering after the ingest not done: Milvus stopped answering" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_a_re_index_that_crashes_midway_never_mixes_means_and_a_re_run_finishes_it(service, tmp_path, monkeypatch):
     monkeypatch.setattr(recenter_mod, "CHUNK", 8)
     paths = make_clips(tmp_path / "in", 75)

@@ -149,6 +149,12 @@ def test_the_service_caches_the_map_and_places_clips_added_since(service, tmp_pa
         service.library_map("nope")
     assert service.clip(item.clip_id).original_name == "k2_5.wav" and service.clip(99999) is None
 
+    # dropping the model drops its map: added again later, its clips get a map of their own
+    service.drop_model(MODEL)
+    assert not (service.settings.data_dir / "maps" / f"{MODEL}.npz").exists()
+    with pytest.raises(ValueError, match=f"No clips for {MODEL} yet"):
+        service.library_map(MODEL)
+
 
 def test_the_cli_writes_the_map_as_a_csv_or_a_picture(tmp_path):
     from PIL import Image
