@@ -1,7 +1,8 @@
 """Search latency on Milvus Lite and on a Milvus server, per consistency level, through the product's code.
 
     python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--backends lite server local]
-                                        [--breakdown] [--tag NAME]
+                                        [--breakdown] [--tag NAME] [--e2e N] [--writer-sample N]
+                                        [--index-timeout S]
 
 Each back-end gets the same collection of clustered synthetic 512-d unit vectors (the dimension of
 the default sound model ``aisfx``; see bench_scale.py) with one clip row and one ``ready`` vector
@@ -27,7 +28,10 @@ layer (``VectorStore``, pymilvus, the in-process engine, FAISS alone) and profil
 then ``LibraryService`` with the app's start-up recovery, the background file check, and the full
 recovery as the baseline); ``--e2e N`` then times a fresh app-like process on it (start-up, N
 end-to-end ``aisfx`` searches of 5 s clips, peak RSS). Each size after the first is loaded while
-another thread searches every 0.5 s (answers, errors, latency). Results: benchmarks/results/backends<tag>.json and
+another thread searches every 0.5 s (answers, errors, latency; the synthetic clips get their (empty)
+library files with their rows, so hits survive the join). The bulk load writes rows in SQL batches and
+vectors with ``VectorStore.upsert``; ``--writer-sample N`` then times N more synthetic clips through
+the product's own write path (``Writer.write_batch``: file copy, rows, upsert, ``ready``). Results: benchmarks/results/backends<tag>.json and
 benchmarks/backends_latency_vs_size<tag>.png.
 """
 from __future__ import annotations
@@ -158,6 +162,44 @@ def lite_breakdown(svc, Q: np.ndarray, profile_file: Path | None = None) -> dict
     return out
 
 
+def touch_files(svc, start_id: int, n: int) -> None:
+    """Empty library files for the synthetic clips start_id .. start_id+n-1 (bulk_rows' names):
+    search drops a hit whose file is gone, so without them a search during the load finds nothing."""
+    d = svc.settings.library_dir
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(start_id, start_id + n):
+        (d / f"{i:064x}.wav").touch()
+
+
+def writer_sample(svc, n: int, batch: int = 64) -> dict:
+    """``n`` synthetic 5 s clips through the product's own write path, ``Writer.write_batch`` (file
+    copy with fsync, clip and ``pending`` rows per clip, one Milvus upsert and one ``ready``
+    transaction per batch), in ingest's batch size: the rows/s a real import writes at, without
+    decoding and embedding."""
+    import hashlib
+
+    from search_core.audio import Audio
+
+    src = Path(svc.settings.data_dir) / "writer-sample.wav"
+    src.write_bytes(b"RIFF" + bytes(40))  # the bytes copied per clip; never decoded here
+    a = Audio(np.zeros(80_000, np.float32), 16_000, 16_000, 1)
+    rng = np.random.default_rng(11)
+    writer = svc._ingest.writer
+    t0, added = time.perf_counter(), 0
+    for s in range(0, n, batch):
+        entries = []
+        for pos in range(min(batch, n - s)):
+            sha = hashlib.sha256(f"writer-sample-{s + pos}".encode()).hexdigest()
+            v = rng.standard_normal((1, DIM)).astype(np.float32)
+            entries.append((pos, {"audio": a, "sha": sha, "path": src, "name": f"w{s + pos}.wav"},
+                            [(0, 80_000)], v / np.linalg.norm(v)))
+        out = writer.write_batch(entries, [{} for _ in entries], MODEL)
+        added += sum(item.status == "added" for _pos, item, _v, _a in out)
+    secs = time.perf_counter() - t0
+    return {"clips": n, "added": added, "batch": batch, "seconds": round(secs, 1), "rows_per_s": round(n / secs),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
 def group_rss_mb(pid: int) -> float:
     """Resident MB of every process in process group ``pid`` (the launcher and its milvus)."""
     total = 0
@@ -183,16 +225,7 @@ def local_restart(settings, e2e: int = 0) -> dict:
     from search_core import milvus_local
     from search_core.service import LibraryService
 
-    folder = settings.milvus_uri[len("local://"):]
-    # the synthetic clips' audio files (empty): recovery removes a clip whose file is gone
-    settings.library_dir.mkdir(parents=True, exist_ok=True)
-    from search_core.metadata import clips
-
-    svc = LibraryService(settings, recover=False)
-    with svc.meta.engine.connect() as c:
-        for (name,) in c.execute(clips.select().with_only_columns(clips.c.stored_name)):
-            (settings.library_dir / name).touch()
-    svc.close()
+    folder = settings.milvus_uri[len("local://"):]  # the clips' files are there (touch_files)
     rss_before = group_rss_mb(milvus_local._state(Path(folder))["pid"])
     t0 = time.perf_counter()
     milvus_local.release(folder)
@@ -284,7 +317,7 @@ class Searcher:
 
 
 def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int,
-                breakdown: bool = False, e2e: int = 0) -> dict:
+                breakdown: bool = False, e2e: int = 0, index_timeout: float = 1800, writer_n: int = 0) -> dict:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
@@ -310,11 +343,12 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
             searcher = Searcher(svc, Q) if have else None  # the library searched while it grows
             t0 = time.perf_counter()
             bulk_rows(svc, MODEL, have + 1, len(X))
+            touch_files(svc, have + 1, len(X))
             rows_s = time.perf_counter() - t0
             svc.vectors.upsert(MODEL, np.arange(have + 1, size + 1), X)
             insert_s = time.perf_counter() - t0
             have = size
-            index_s = wait_indexed(svc, size)
+            index_s = wait_indexed(svc, size, index_timeout)
             during = searcher.stop() if searcher else None
             row = {"insert_s": round(insert_s, 1), "rows_insert_s": round(rows_s, 1),
                    "rows_per_s": round(len(X) / insert_s), "searches_during_load_and_index": during,
@@ -327,6 +361,9 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
                 load = os.getloadavg()[0]
                 row["levels"][level] = {**measure(svc, Q, level, writes, truth), "load_avg_1m": round(load, 2)}
                 print(kind, size, level, json.dumps(row["levels"][level]), flush=True)
+            if kind == "local" and writer_n and size == max(sizes):  # its ids follow the last size's
+                row["writer_path"] = writer_sample(svc, writer_n)
+                print(kind, size, "writer path", row["writer_path"], flush=True)
             out[str(size)] = row
         svc.close()
         if kind == "local":
@@ -382,6 +419,9 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--e2e", type=int, default=0,
                     help="local: after the restart, a fresh process times this many end-to-end aisfx searches")
+    ap.add_argument("--index-timeout", type=float, default=1800, help="seconds to wait for the index after a load")
+    ap.add_argument("--writer-sample", type=int, default=0,
+                    help="local: after each size, time this many synthetic clips through Writer.write_batch")
     ap.add_argument("--app-child", nargs=2, metavar=("DATA_DIR", "URI"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.app_child:
@@ -393,7 +433,8 @@ def main() -> None:
     results = {"dim": DIM, "vectors": "clustered synthetic", "queries": args.queries, "writes": args.writes,
                "index": "HNSW", "backends": {}}
     for kind in args.backends:
-        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown, args.e2e)
+        results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown, args.e2e,
+                                                  args.index_timeout, args.writer_sample)
         path = save(f"backends{args.tag}", results)
         plot(json.loads(path.read_text()), REPO / "benchmarks" / f"backends_latency_vs_size{args.tag}.png")
 
