@@ -52,8 +52,8 @@ def choose_files(page, selector: str, *paths: str | os.PathLike) -> None:
     with page.expect_file_chooser() as chooser:
         page.locator(selector).get_by_text("Click to Upload").click()
     chooser.value.set_files([str(p) for p in paths])
-    for p in paths:
-        page.locator(selector).get_by_text(Path(p).name).first.wait_for()
+    for p in paths:  # any visible match: an element that holds the name while it uploads may stay hidden
+        page.locator(selector).get_by_text(Path(p).name).filter(visible=True).first.wait_for(timeout=60_000)
     # the names show before the upload ends; a file is the server's once it has its download link
     page.locator(f"{selector} a[href*='file=']").nth(len(paths) - 1).wait_for(state="attached")
 
