@@ -2,7 +2,7 @@
 
     python benchmarks/bench_backends.py [--sizes 10000 100000] [--queries 200] [--backends lite server local]
                                         [--breakdown] [--tag NAME] [--e2e N] [--writer-sample N]
-                                        [--index-timeout S]
+                                        [--index-timeout S] [--settle S]
 
 Each back-end gets the same collection of clustered synthetic 512-d unit vectors (the dimension of
 the default sound model ``aisfx``; see bench_scale.py) with one clip row and one ``ready`` vector
@@ -317,7 +317,8 @@ class Searcher:
 
 
 def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray, writes: int,
-                breakdown: bool = False, e2e: int = 0, index_timeout: float = 1800, writer_n: int = 0) -> dict:
+                breakdown: bool = False, e2e: int = 0, index_timeout: float = 1800, writer_n: int = 0,
+                settle: float = 0) -> dict:
     from search_core.evaluate import temporary_settings
     from search_core.service import LibraryService
 
@@ -349,6 +350,7 @@ def run_backend(kind: str, sizes: list[int], Q: np.ndarray, centres: np.ndarray,
             insert_s = time.perf_counter() - t0
             have = size
             index_s = wait_indexed(svc, size, index_timeout)
+            time.sleep(settle)  # the server may still compact the segments it just indexed
             during = searcher.stop() if searcher else None
             row = {"insert_s": round(insert_s, 1), "rows_insert_s": round(rows_s, 1),
                    "rows_per_s": round(len(X) / insert_s), "searches_during_load_and_index": during,
@@ -420,6 +422,7 @@ def main() -> None:
     ap.add_argument("--e2e", type=int, default=0,
                     help="local: after the restart, a fresh process times this many end-to-end aisfx searches")
     ap.add_argument("--index-timeout", type=float, default=1800, help="seconds to wait for the index after a load")
+    ap.add_argument("--settle", type=float, default=0, help="seconds to wait after the index before timing")
     ap.add_argument("--writer-sample", type=int, default=0,
                     help="local: after each size, time this many synthetic clips through Writer.write_batch")
     ap.add_argument("--app-child", nargs=2, metavar=("DATA_DIR", "URI"), help=argparse.SUPPRESS)
@@ -434,7 +437,7 @@ def main() -> None:
                "index": "HNSW", "backends": {}}
     for kind in args.backends:
         results["backends"][kind] = run_backend(kind, args.sizes, Q, centres, args.writes, args.breakdown, args.e2e,
-                                                  args.index_timeout, args.writer_sample)
+                                                  args.index_timeout, args.writer_sample, args.settle)
         path = save(f"backends{args.tag}", results)
         plot(json.loads(path.read_text()), REPO / "benchmarks" / f"backends_latency_vs_size{args.tag}.png")
 
