@@ -225,9 +225,10 @@ class VectorStore:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         # asked once per collection, not per search (a round trip each on a server); one dropped
         # since (by another process) answers "not found" below
-        if self._ready.get(collection_name(model)) != queries.shape[1] and not self.exists(model):
+        name = collection_name(model)
+        if self._ready.get(name) != queries.shape[1] and not self.exists(model):
             return [[] for _ in queries]
-        name = self.ensure(model, queries.shape[1])
+        self.ensure(model, queries.shape[1])
         params: dict = {"metric_type": "COSINE", "params": {}}
         if self.index_type == "HNSW":
             params["params"]["ef"] = max(self.search_ef, k)
