@@ -97,6 +97,22 @@ def test_the_server_is_shared_stopped_by_its_last_user_and_keeps_the_data(tmp_pa
         milvus_local.stopped(folder, timeout_s=120)
 
 
+def test_stop_on_a_folder_without_a_server_says_so_and_changes_nothing(tmp_path):
+    """``milvus_local stop`` pointed at the wrong folder, or at a server that is not running: a sentence
+    and nothing touched; called without its arguments, its usage."""
+    assert milvus_local.stop(tmp_path / "nowhere") == f"{(tmp_path / 'nowhere').resolve()} holds no Milvus server run by the app"
+    assert not (tmp_path / "nowhere").exists()
+    folder = tmp_path / "milvus-server"
+    folder.mkdir()
+    (folder / "users.lock").touch()
+    (folder / "server.json").write_text('{"pid": 999999999, "port": 1}')
+    assert milvus_local.stop(folder) == f"the Milvus server in {folder.resolve()} was not running"
+    assert (folder / "server.json").read_text() == '{"pid": 999999999, "port": 1}'
+    out = subprocess.run([sys.executable, "-m", "search_core.milvus_local"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 1 and "usage: python -m search_core.milvus_local stop" in out.stderr
+
+
 WRITE = """
 import sys
 import numpy as np
