@@ -29,8 +29,8 @@ then ``LibraryService`` with the app's start-up recovery, the background file ch
 recovery as the baseline); ``--e2e N`` then times a fresh app-like process on it (start-up, N
 end-to-end ``aisfx`` searches of 5 s clips, peak RSS). Each size after the first is loaded while
 another thread searches every 0.5 s (answers, errors, latency; the synthetic clips get their (empty)
-library files with their rows, so hits survive the join). The bulk load writes rows in SQL batches and
-vectors with ``VectorStore.upsert``; ``--writer-sample N`` then times N more synthetic clips through
+library files with their rows, so hits survive the join; ``rows_insert_s`` includes making them). The
+bulk load writes rows in SQL batches and vectors with ``VectorStore.upsert``; ``--writer-sample N`` then times N more synthetic clips through
 the product's own write path (``Writer.write_batch``: file copy, rows, upsert, ``ready``). Results: benchmarks/results/backends<tag>.json and
 benchmarks/backends_latency_vs_size<tag>.png.
 """
@@ -424,7 +424,7 @@ def main() -> None:
     ap.add_argument("--index-timeout", type=float, default=1800, help="seconds to wait for the index after a load")
     ap.add_argument("--settle", type=float, default=0, help="seconds to wait after the index before timing")
     ap.add_argument("--writer-sample", type=int, default=0,
-                    help="local: after each size, time this many synthetic clips through Writer.write_batch")
+                    help="local: after the largest size, time this many synthetic clips through Writer.write_batch")
     ap.add_argument("--app-child", nargs=2, metavar=("DATA_DIR", "URI"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.app_child:
