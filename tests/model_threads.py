@@ -1,15 +1,20 @@
 """Load and embed models in threads of one fresh process, as the app does; write what happened as JSON.
 
-    python tests/model_threads.py OUT.json [--together] MODEL [MODEL ...]
+    python tests/model_threads.py OUT.json [--together] [--watchdog SECONDS] MODEL [MODEL ...]
 
 Each model is loaded (weights from ``WEIGHTS_DIR``, compiled on first use) and embeds two clips in
 a thread of its own. By default the threads run one after the other, each ending before the next
 starts (the app's start-up warm-up thread, then a request thread); with ``--together`` they all
 start at once. A fresh interpreter matters: which thread first imports Paddle, and whether it still
 lives, is part of what is tested.
+
+With ``--watchdog S`` a process still running after S seconds writes every thread's stack to
+``OUT.json.stacks`` and exits with code 1, so a hang is reported with where it hung (standard error
+may be held back by :func:`search_core.models.quiet.quiet_native_output` at that moment).
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 import threading
@@ -50,7 +55,13 @@ def embed_one(name: str, results: dict) -> None:
 def main(argv: list[str]) -> None:
     out, *rest = argv
     together = "--together" in rest
-    names = [a for a in rest if a != "--together"]
+    rest = [a for a in rest if a != "--together"]
+    if "--watchdog" in rest:
+        i = rest.index("--watchdog")
+        stacks = open(out + ".stacks", "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        faulthandler.dump_traceback_later(float(rest[i + 1]), file=stacks, exit=True)
+        del rest[i:i + 2]
+    names = rest
     results: dict = {}
     threads = [threading.Thread(target=embed_one, args=(n, results), name=f"load-{n}") for n in names]
     for th in threads:

@@ -60,9 +60,12 @@ def run_in_threads(tmp_path: Path, names: list[str], together: bool = False, tim
     env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "WEIGHTS_DIR": str(tmp_path / "weights"),
            "PPSPEECH_HOME": str(tmp_path / "ppspeech"), pw.OFFLINE_ENV: "1", "PYTHONPATH": str(REPO)}
     env.pop("PADDLE_COMPILE", None)
-    proc = subprocess.run([sys.executable, str(HELPER), str(out), *(["--together"] if together else []), *names],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(HELPER), str(out), *(["--together"] if together else []),
+                           "--watchdog", str(timeout), *names],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout + 60)
+    stacks = Path(f"{out}.stacks")
+    hung = stacks.read_text() if stacks.is_file() else ""
+    assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{hung[-12000:]}"
     results = json.loads(out.read_text())
     failed = {n: r["traceback"] for n, r in results.items() if not r["ok"]}
     assert not failed, "\n".join(f"{n}:\n{tb}" for n, tb in failed.items())
