@@ -27,6 +27,15 @@ if "OPENBLAS_NUM_THREADS" not in _os.environ:
         from threadpoolctl import threadpool_limits as _limits
         _limits(1, user_api="blas")
 
+# setuptools' distutils shim (a sys.meta_path finder that `import paddle` reaches through setuptools)
+# imports importlib.abc and importlib.util inside its find_spec, which Python 3.11 calls holding the
+# global import lock. If another thread is importing importlib.abc at that moment (scipy.fft -> numpy.testing
+# -> importlib.metadata does, when a model module loads), each waits for the other forever: the Paddle
+# thread importing paddle hung every model load of the process (tests/test_paddle_threads.py). Both are
+# imported here, in the importing thread, before any of ours start; then the shim's imports take no lock.
+import importlib.abc as _abc  # noqa: E402,F401
+import importlib.util as _util  # noqa: E402,F401
+
 # pymilvus reads MILVUS_URI when it is imported, as the address of its own default connection, and
 # refuses to import unless it is http(s)://host: ours may be a Milvus Lite file or ``local``
 # (config.milvus_uri). pymilvus is imported here, with the variable hidden from it, before anyone else.

@@ -92,6 +92,9 @@ def test_a_second_paddle_model_compiles_in_another_thread(tmp_path):
 
 
 def test_every_model_with_weights_loads_in_its_own_thread(tmp_path, ckpt):  # noqa: F811
+    """All at once, as a page load that asks every model's status can. It hung CI for 900 s: the Paddle
+    thread's ``import paddle`` (through setuptools' distutils finder) and a model module's import of
+    importlib.abc waited for each other (4 of 8 runs hung on a busy machine, see search_core/__init__.py)."""
     weights = wheel_weights(tmp_path / "weights", with_yamnet=True)
     place(tmp_path, "panns_cnn6", "weights_single", ckpt)
     shutil.copy2(ckpt["cnn10"], weights / pw.RELEASES["panns_cnn10"].single_file_name)
