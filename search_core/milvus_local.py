@@ -20,6 +20,9 @@ With ``MILVUS_KEEP_SERVER=1`` in its environment a process leaves the server run
 (a restarted app then attaches at once instead of waiting for the server's own restart, which grows
 with the library); ``python -m search_core.milvus_local stop <folder>`` stops it when unused.
 A process killed without its exit handler leaves the server running; the next one attaches to it.
+The launcher's pid is recorded as soon as it is spawned, so a server whose starter was killed while
+it started is found (and stopped, or replaced when it never answers) by the next process; a process
+leaving while its own start is under way (Ctrl-C right after ``make run``) stops that server at once.
 A server started on existing data is used once every collection answers a Strong read (it
 replays its log first; a read that does not wait would find an emptier library).
 The kernel releases ``flock`` locks of dead processes, so a crash never leaves the folder locked.
@@ -35,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +54,18 @@ GRACEFUL_STOP_S = 3
 SESSION_TTL_S = 10
 
 _users: dict[Path, int] = {}  # folder -> fd holding this process' shared lock on users.lock
+_leaving: set[Path] = set()   # folders this process is releasing: a start under way in another thread gives up
+_leaving_lock = threading.Lock()
+
+
+class StartAbandoned(RuntimeError):
+    """The process released the folder (it is exiting) while a thread of it was starting the server."""
+
+
+def _check_leaving(folder: Path) -> None:
+    with _leaving_lock:
+        if folder in _leaving:
+            raise StartAbandoned(f"the local Milvus server in {folder} was being started as this process left")
 
 
 def launcher(explicit: str | os.PathLike | None = None) -> Path:
@@ -180,8 +196,15 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
     with open(folder / "launcher.log", "ab") as log:
         proc = subprocess.Popen(argv, env={**os.environ, "ETCD_CONFIG_PATH": str(etcd_yaml)}, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    # recorded before it answers: if this process dies meanwhile, the next one finds the server by its pid
+    (folder / "server.json").write_text(json.dumps({"pid": proc.pid, "port": port}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        try:
+            _check_leaving(folder)
+        except StartAbandoned:
+            _stop_group(proc.pid, grace_s=0)
+            raise
         if proc.poll() is not None:
             raise RuntimeError(f"the local Milvus server in {folder} exited with {proc.returncode}:\n"
                                f"{_log_tail(folder)}")
@@ -234,10 +257,11 @@ def _stop_group(pid: int, grace_s: float) -> None:
             time.sleep(0.2)
 
 
-def wait_serving(uri: str, timeout_s: float) -> None:
+def wait_serving(uri: str, timeout_s: float, folder: Path | None = None) -> None:
     """Return once every collection of the server (or database) at ``uri`` answers a Strong count: a
     server started on existing data replays its log first, and until then a read that does not wait
-    (Session without a write of this process, Bounded) would find a library emptier than it is."""
+    (Session without a write of this process, Bounded) would find a library emptier than it is.
+    Raises :class:`StartAbandoned` when this process releases ``folder`` meanwhile."""
     from pymilvus import MilvusClient
 
     deadline = time.monotonic() + timeout_s
@@ -252,6 +276,8 @@ def wait_serving(uri: str, timeout_s: float) -> None:
                 except Exception:  # noqa: BLE001 - still recovering
                     if time.monotonic() > deadline:
                         raise
+                    if folder is not None:
+                        _check_leaving(folder)
                     time.sleep(1)
     finally:
         client.close()
@@ -276,7 +302,7 @@ def ensure_server(folder: str | os.PathLike, binary: str | os.PathLike | None = 
             if running:  # there but not answering: hung
                 _stop_group(state["pid"], grace_s=0)
             state = _start_twice(folder, launcher(binary), timeout_s)
-            wait_serving(f"http://127.0.0.1:{state['port']}", timeout_s)
+            wait_serving(f"http://127.0.0.1:{state['port']}", timeout_s, folder)
     return f"http://127.0.0.1:{state['port']}"
 
 
@@ -289,6 +315,8 @@ def release(folder: str | os.PathLike) -> bool:
     fd = _users.pop(folder, None)
     if fd is None:
         return False
+    with _leaving_lock:
+        _leaving.add(folder)  # a start under way in another thread stops its server and lets go of start.lock
     try:
         if not folder.is_dir():  # removed under us (a temporary library): nothing left to stop
             return False
@@ -301,6 +329,8 @@ def release(folder: str | os.PathLike) -> bool:
             return False  # another process still uses it
         return _stop_server(folder)
     finally:
+        with _leaving_lock:
+            _leaving.discard(folder)
         os.close(fd)
 
 
