@@ -7,7 +7,8 @@
     POST   /api/clips                       multipart: files (one or more), model, label, speaker, source,
                                             tags (comma-separated) -> what was added, found, rejected
     GET    /api/clips?model=&q=&page=&per_page=   the library, newest first
-    GET    /api/clips/{id}/audio            the clip's stored file (a hit's ``audio_url``)
+    GET    /api/clips/{id}/audio            the clip's stored file (a hit's ``audio_url``); with
+                                            start=&end= (seconds) that range as WAV (``segment_url``)
     GET    /api/count?model=                clips in the library, and per model
     DELETE /api/clips/{id}                  delete a clip from every model and the library
     DELETE /api/models/{name}?confirm=NAME  drop a model's whole collection (clips left in none go too)
@@ -29,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import traceback
+from urllib.parse import quote
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -36,13 +38,13 @@ from typing import Callable
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.routing import Mount
 
-from . import limits
+from . import excerpts, limits
 from .audio import AudioError
 from .faults import ServiceUnavailable
 from .models import WeightsNotInstalled, get_model
@@ -110,7 +112,8 @@ def hit_json(h) -> dict:
     return {"rank": h.rank, "id": c.id, "name": c.original_name, "score": round(h.score, 4),
             "distance": round(h.distance, 4), "start_s": round(h.start_s, 3), "end_s": round(h.end_s, 3),
             "segments": len(h.segments), "duration_s": round(c.duration_s, 3), "label": c.label,
-            "speaker": c.speaker, "source": c.source, "tags": c.tags, "audio_url": audio_url(c.id)}
+            "speaker": c.speaker, "source": c.source, "tags": c.tags, "audio_url": audio_url(c.id),
+            "segment_url": f"{audio_url(c.id)}?start={h.start_s:.3f}&end={h.end_s:.3f}" if h.is_segment else None}
 
 
 def clip_json(c, models) -> dict:
@@ -337,14 +340,20 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
         return {"clips": run("Listing the library", work)}
 
     @api.get("/clips/{clip_id}/audio")
-    def clip_audio(clip_id: str, request: Request):
+    def clip_audio(clip_id: str, request: Request, start: str | None = None, end: str | None = None):
         authorize(request, change=False)
         cid = run("Fetching the audio", limits.clip_id, clip_id)
         clip = run("Fetching the audio", svc.meta.clip, cid)
         path = svc.clip_path(clip) if clip is not None else None
         if path is None or not path.is_file():
             raise ApiError(404, f"No clip with id {cid}.")
-        return FileResponse(path, filename=clip.original_name, content_disposition_type="inline")
+        if start is None and end is None:
+            return FileResponse(path, filename=clip.original_name, content_disposition_type="inline")
+        lo, hi = run("Fetching the audio", excerpts.excerpt_range, start, end, clip.duration_s)
+        wav = run("Fetching the audio", excerpts.wav_excerpt, path, lo, hi)
+        name = f"{Path(clip.original_name).stem}_{lo:.3f}-{hi:.3f}s.wav"
+        return Response(wav, media_type="audio/wav",
+                        headers={"Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}"})
 
     @api.get("/count")
     def count(request: Request, model: str | None = None):

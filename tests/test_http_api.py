@@ -189,6 +189,52 @@ def test_a_query_over_the_size_limit_is_refused_before_it_is_read(app_url, tmp_p
     assert count(app_url) == before
 
 
+def test_a_segment_hit_hands_out_just_its_range_and_a_bad_range_is_one_sentence(app_url, tmp_path):
+    """A long recording found by a part of it: the hit's ``segment_url`` is that range as WAV, sample
+    for sample (what the page's player plays), its ``audio_url`` the whole stored file."""
+    import io
+
+    import soundfile as sf
+
+    parts = [sound(k, 5.0) for k in (8, 9, 10)]
+    long = write_wav(tmp_path / "three takes.wav", np.concatenate(parts), subtype="PCM_16")  # 15 s
+    with open(long, "rb") as fh:
+        r = api(app_url, "POST", "/api/clips", ADMIN, files={"files": ("three takes.wav", fh)},
+                data={"model": MODEL, "label": "long-take"})
+    assert r.status_code == 200, r.text
+    cid = r.json()["added"][0]["id"]
+    with open(write_wav(tmp_path / "q.wav", parts[1]), "rb") as fh:  # the middle take
+        r = api(app_url, "POST", "/api/search", files={"file": ("q.wav", fh)}, data={"model": MODEL, "label": "long-take"})
+    hit = r.json()["hits"][0]
+    assert (hit["id"], hit["start_s"], hit["end_s"]) == (cid, 5.0, 10.0) and hit["score"] > 0.99, hit
+    assert hit["segment_url"] == f"/api/clips/{cid}/audio?start=5.000&end=10.000"
+
+    r = api(app_url, "GET", hit["segment_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text[:200]
+    assert "three%20takes_5.000-10.000s.wav" in r.headers["content-disposition"]
+    got, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    stored, _ = sf.read(long, dtype="float32")
+    assert rate == 16000 and np.array_equal(got, stored[5 * rate:10 * rate])
+    assert api(app_url, "GET", hit["audio_url"]).content == long.read_bytes()
+
+    for query, said in (("?start=5", "Give both start and end"),
+                        ("?start=0&end=16", "The end must be a number of seconds from 0 to 15.000"),
+                        ("?start=nan&end=2", "The start must be a number of seconds"),
+                        ("?start=4&end=3", "The start (4 s) must come before the end (3 s)")):
+        r = api(app_url, "GET", f"/api/clips/{cid}/audio{query}")
+        assert r.status_code == 400 and said in r.json()["error"], (query, r.text)
+    assert api(app_url, "GET", "/api/clips/999999/audio?start=0&end=1").status_code == 404
+    assert api(app_url, "DELETE", f"/api/clips/{cid}", ADMIN).json()["deleted"]
+
+
+def test_an_excerpt_is_at_most_a_minute():
+    from search_core.excerpts import MAX_EXCERPT_S, excerpt_range
+
+    assert excerpt_range("0", str(MAX_EXCERPT_S), 3600.0) == (0.0, MAX_EXCERPT_S)
+    with pytest.raises(ValueError, match="An excerpt is at most 60 s long; 0 to 61 s is 61 s"):
+        excerpt_range(0, 61, 3600.0)
+
+
 def test_private_search_logins_and_uploads_share_the_pages_throttle_and_allowance(tmp_path):
     """PUBLIC_SEARCH=false: every endpoint needs the login; the API's uploads count against the page's
     per-address allowance; 5 wrong passwords over the API lock the page's logins too."""

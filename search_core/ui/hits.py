@@ -6,7 +6,6 @@ Pictures and segment audio are files written once under their content hash in a 
 from __future__ import annotations
 
 import html
-import io
 import itertools
 import tempfile
 import threading
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import soundfile as sf
 
 from search_core import audio as audio_mod
 from search_core import plots
 from search_core.audio import AudioError
+from search_core.excerpts import wav_excerpt
 
 MAX_K = 20
 
@@ -86,15 +85,8 @@ def hit_audio(h):
 
 
 def segment_wav(h) -> bytes:
-    """The hit's matching range as 16-bit WAV bytes, decoded block by block (memory: one block and
-    the WAV, whatever the file's length and channel count)."""
-    info = audio_mod.probe(h.path)
-    buf = io.BytesIO()
-    with sf.SoundFile(buf, "w", info.sample_rate, info.channels, format="WAV", subtype="PCM_16") as out:
-        for block in audio_mod.blocks(h.path, start_frame=int(h.start_s * info.sample_rate),
-                                      max_frames=int((h.end_s - h.start_s) * info.sample_rate)):
-            out.write(block)
-    return buf.getvalue()
+    """The hit's matching range as 16-bit WAV bytes (:func:`search_core.excerpts.wav_excerpt`)."""
+    return wav_excerpt(h.path, h.start_s, h.end_s)
 
 
 THUMB_W, THUMB_H = 400, 56
