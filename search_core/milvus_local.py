@@ -21,8 +21,10 @@ With ``MILVUS_KEEP_SERVER=1`` in its environment a process leaves the server run
 with the library); ``python -m search_core.milvus_local stop <folder>`` stops it when unused.
 A process killed without its exit handler leaves the server running; the next one attaches to it.
 The launcher's pid is recorded as soon as it is spawned, so a server whose starter was killed while
-it started is found (and stopped, or replaced when it never answers) by the next process; a process
-leaving while its own start is under way (Ctrl-C right after ``make run``) stops that server at once.
+it started is found by the next process, which uses it if it answers and else stops it and starts
+its own (never a second server on the folder); a process leaving while its own start is under way
+(Ctrl-C right after ``make run``) stops that server within seconds, also while a restarted server
+replays its log (unless ``MILVUS_KEEP_SERVER=1``).
 A server started on existing data is used once every collection answers a Strong read (it
 replays its log first; a read that does not wait would find an emptier library).
 The kernel releases ``flock`` locks of dead processes, so a crash never leaves the folder locked.
@@ -60,6 +62,10 @@ _leaving_lock = threading.Lock()
 
 class StartAbandoned(RuntimeError):
     """The process released the folder (it is exiting) while a thread of it was starting the server."""
+
+
+class StartTimeout(RuntimeError):
+    """The server started but did not answer in time."""
 
 
 def _check_leaving(folder: Path) -> None:
@@ -215,7 +221,7 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
             return state
         time.sleep(0.5)
     _stop_group(proc.pid, grace_s=0)
-    raise RuntimeError(f"the local Milvus server in {folder} did not answer within {timeout_s:.0f} s:\n"
+    raise StartTimeout(f"the local Milvus server in {folder} did not answer within {timeout_s:.0f} s:\n"
                        f"{_log_tail(folder)}")
 
 
@@ -226,9 +232,7 @@ def _start_twice(folder: Path, binary: Path, timeout_s: float) -> dict:
     time, the second all of it."""
     try:
         return _start(folder, binary, timeout_s / 2)
-    except RuntimeError as err:
-        if "did not answer" not in str(err):
-            raise
+    except StartTimeout:
         print(f"search_core: the local Milvus server in {folder} did not answer within {timeout_s / 2:.0f} s; "
               "starting it once more", file=sys.stderr, flush=True)
         return _start(folder, binary, timeout_s)
@@ -269,9 +273,9 @@ def wait_serving(uri: str, timeout_s: float, folder: Path | None = None) -> None
     try:
         for name in client.list_collections():
             while True:
-                try:
-                    client.load_collection(name, timeout=120)
-                    client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong", timeout=30)
+                try:  # short waits, asked again: a replay takes long, and a leaving process must notice
+                    client.load_collection(name, timeout=5)
+                    client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong", timeout=5)
                     break
                 except Exception:  # noqa: BLE001 - still recovering
                     if time.monotonic() > deadline:
@@ -298,11 +302,17 @@ def ensure_server(folder: str | os.PathLike, binary: str | os.PathLike | None = 
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = _state(folder)
         running = _alive(state.get("pid"), folder)
+        if running:  # the port it took (a start cut short recorded only the one it asked for)
+            state["port"] = configured_port(folder) or state["port"]
         if not (running and answers(state["port"], timeout=15)):
             if running:  # there but not answering: hung
                 _stop_group(state["pid"], grace_s=0)
             state = _start_twice(folder, launcher(binary), timeout_s)
-            wait_serving(f"http://127.0.0.1:{state['port']}", timeout_s, folder)
+            try:
+                wait_serving(f"http://127.0.0.1:{state['port']}", timeout_s, folder)
+            except StartAbandoned:
+                _stop_group(state["pid"], grace_s=0)  # acknowledged writes are in its log either way
+                raise
     return f"http://127.0.0.1:{state['port']}"
 
 
@@ -315,13 +325,15 @@ def release(folder: str | os.PathLike) -> bool:
     fd = _users.pop(folder, None)
     if fd is None:
         return False
-    with _leaving_lock:
-        _leaving.add(folder)  # a start under way in another thread stops its server and lets go of start.lock
+    keep = env_flag("MILVUS_KEEP_SERVER", default=False)
+    if not keep:
+        with _leaving_lock:
+            _leaving.add(folder)  # a start under way in another thread stops its server and lets go of start.lock
     try:
         if not folder.is_dir():  # removed under us (a temporary library): nothing left to stop
             return False
         fcntl.flock(fd, fcntl.LOCK_UN)
-        if env_flag("MILVUS_KEEP_SERVER", default=False):
+        if keep:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

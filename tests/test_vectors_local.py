@@ -188,7 +188,7 @@ def test_a_server_that_starts_but_never_answers_is_started_once_more(tmp_path, m
     def fake_start(folder, binary, timeout_s):
         calls.append(timeout_s)
         if len(calls) == 1:
-            raise RuntimeError(f"the local Milvus server in {folder} did not answer within {timeout_s:.0f} s:\n")
+            raise milvus_local.StartTimeout(f"the local Milvus server in {folder} did not answer within {timeout_s:.0f} s")
         return {"pid": 1, "port": 2}
 
     monkeypatch.setattr(milvus_local, "_start", fake_start)
