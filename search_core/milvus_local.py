@@ -300,6 +300,7 @@ def ensure_server(folder: str | os.PathLike, binary: str | os.PathLike | None = 
         atexit.register(release, folder)
     with open(folder / "start.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _check_leaving(folder)  # asked for (a request thread) while this process is leaving: start nothing
         state = _state(folder)
         running = _alive(state.get("pid"), folder)
         if running:  # the port it took (a start cut short recorded only the one it asked for)

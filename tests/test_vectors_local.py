@@ -204,3 +204,61 @@ def test_a_server_that_starts_but_never_answers_is_started_once_more(tmp_path, m
     with pytest.raises(RuntimeError, match="exited with 1"):
         milvus_local._start_twice(tmp_path, tmp_path / "bin", 100.0)
     assert calls == [50.0]
+
+
+def _launcher_that_never_answers(tmp_path: Path) -> Path:
+    script = tmp_path / "milvus-server"
+    script.write_text("#!/bin/sh\nsleep 300\n")  # its command line names the folder (--data), as the real one
+    script.chmod(0o755)
+    return script
+
+
+def test_a_start_under_way_gives_up_and_stops_its_server_when_the_process_leaves(tmp_path):
+    """The exit handler (release) of a process whose other thread is starting the server: that start
+    stops the launcher it spawned and gives up within a second or so, instead of the exit waiting for
+    the server to answer; the launcher's pid was on record from the moment it was spawned."""
+    import threading
+    import time
+
+    folder = (tmp_path / "srv").resolve()
+    folder.mkdir()
+    outcome = {}
+
+    def start():
+        try:
+            milvus_local._start(folder, _launcher_that_never_answers(tmp_path), timeout_s=120)
+        except Exception as err:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = err
+
+    th = threading.Thread(target=start)
+    th.start()
+    deadline = time.monotonic() + 30
+    while not milvus_local._state(folder).get("pid"):
+        assert time.monotonic() < deadline, "the spawned launcher was not recorded"
+        time.sleep(0.05)
+    pid = milvus_local._state(folder)["pid"]
+    assert milvus_local._alive(pid, folder)
+    with milvus_local._leaving_lock:
+        milvus_local._leaving.add(folder)   # what release() does first
+    try:
+        th.join(timeout=15)
+        assert not th.is_alive(), "the start did not notice that the process is leaving"
+    finally:
+        with milvus_local._leaving_lock:
+            milvus_local._leaving.discard(folder)
+    assert isinstance(outcome.get("error"), milvus_local.StartAbandoned)
+    assert milvus_local.stopped(folder, timeout_s=10), "the abandoned start left its launcher running"
+
+
+def test_a_start_asked_for_while_the_process_leaves_starts_nothing(tmp_path):
+    folder = (tmp_path / "srv").resolve()
+    with milvus_local._leaving_lock:
+        milvus_local._leaving.add(folder)
+    try:
+        with pytest.raises(milvus_local.StartAbandoned):
+            milvus_local.ensure_server(folder, binary=_launcher_that_never_answers(tmp_path))
+    finally:
+        with milvus_local._leaving_lock:
+            milvus_local._leaving.discard(folder)
+        milvus_local.release(folder)
+    assert not (folder / "server.json").exists() and not (folder / "launcher.log").exists()
