@@ -40,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -56,8 +55,9 @@ GRACEFUL_STOP_S = 3
 SESSION_TTL_S = 10
 
 _users: dict[Path, int] = {}  # folder -> fd holding this process' shared lock on users.lock
-_leaving: set[Path] = set()   # folders this process is releasing: a start under way in another thread gives up
-_leaving_lock = threading.Lock()
+# folders this process is releasing: a start under way in another thread gives up (a set's add, discard
+# and ``in`` are each atomic, which is all that is asked of it)
+_leaving: set[Path] = set()
 
 
 class StartAbandoned(RuntimeError):
@@ -69,9 +69,8 @@ class StartTimeout(RuntimeError):
 
 
 def _check_leaving(folder: Path) -> None:
-    with _leaving_lock:
-        if folder in _leaving:
-            raise StartAbandoned(f"the local Milvus server in {folder} was being started as this process left")
+    if folder in _leaving:
+        raise StartAbandoned(f"the local Milvus server in {folder} was being started as this process left")
 
 
 def launcher(explicit: str | os.PathLike | None = None) -> Path:
@@ -328,8 +327,7 @@ def release(folder: str | os.PathLike) -> bool:
         return False
     keep = env_flag("MILVUS_KEEP_SERVER", default=False)
     if not keep:
-        with _leaving_lock:
-            _leaving.add(folder)  # a start under way in another thread stops its server and lets go of start.lock
+        _leaving.add(folder)  # a start under way in another thread stops its server and lets go of start.lock
     try:
         if not folder.is_dir():  # removed under us (a temporary library): nothing left to stop
             return False
@@ -342,8 +340,7 @@ def release(folder: str | os.PathLike) -> bool:
             return False  # another process still uses it
         return _stop_server(folder)
     finally:
-        with _leaving_lock:
-            _leaving.discard(folder)
+        _leaving.discard(folder)
         os.close(fd)
 
 

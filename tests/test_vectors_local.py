@@ -238,27 +238,23 @@ def test_a_start_under_way_gives_up_and_stops_its_server_when_the_process_leaves
         time.sleep(0.05)
     pid = milvus_local._state(folder)["pid"]
     assert milvus_local._alive(pid, folder)
-    with milvus_local._leaving_lock:
-        milvus_local._leaving.add(folder)   # what release() does first
+    milvus_local._leaving.add(folder)   # what release() does first
     try:
         th.join(timeout=15)
         assert not th.is_alive(), "the start did not notice that the process is leaving"
     finally:
-        with milvus_local._leaving_lock:
-            milvus_local._leaving.discard(folder)
+        milvus_local._leaving.discard(folder)
     assert isinstance(outcome.get("error"), milvus_local.StartAbandoned)
     assert milvus_local.stopped(folder, timeout_s=10), "the abandoned start left its launcher running"
 
 
 def test_a_start_asked_for_while_the_process_leaves_starts_nothing(tmp_path):
     folder = (tmp_path / "srv").resolve()
-    with milvus_local._leaving_lock:
-        milvus_local._leaving.add(folder)
+    milvus_local._leaving.add(folder)
     try:
         with pytest.raises(milvus_local.StartAbandoned):
             milvus_local.ensure_server(folder, binary=_launcher_that_never_answers(tmp_path))
     finally:
-        with milvus_local._leaving_lock:
-            milvus_local._leaving.discard(folder)
+        milvus_local._leaving.discard(folder)
         milvus_local.release(folder)
     assert not (folder / "server.json").exists() and not (folder / "launcher.log").exists()
