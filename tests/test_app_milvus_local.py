@@ -6,6 +6,7 @@ processes are left (search_core/milvus_local.py). Needs the launcher ``make test
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -67,7 +68,21 @@ def _stop_app(proc, log: Path) -> None:
     assert proc.wait(timeout=90) == 0, log.read_text()[-2000:]
 
 
+def _naming(folder: Path) -> list[int]:
+    """Pids of the processes whose command line names ``folder`` (a launcher or its ``milvus``)."""
+    mark, pids = str(folder.resolve()).encode(), []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _kill_leftovers(folder: Path, *procs) -> None:
+    """Whatever a failed test left: its apps, the recorded server's group, and any process that names
+    ``folder`` (a server nobody recorded)."""
     for proc in procs:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -75,6 +90,9 @@ def _kill_leftovers(folder: Path, *procs) -> None:
         pid = milvus_local._state(folder.resolve()).get("pid")
         if pid:
             milvus_local._stop_group(pid, grace_s=0)
+    for pid in _naming(folder):
+        with contextlib.suppress(ProcessLookupError):  # gone meanwhile (its group was stopped above)
+            os.kill(pid, 9)
 
 
 def test_the_app_stopped_with_sigterm_stops_its_milvus_server(tmp_path):
@@ -140,18 +158,6 @@ def test_the_app_with_keep_server_leaves_it_running_for_its_next_start(tmp_path)
         _kill_leftovers(folder, first, second)
 
 
-def _naming(folder: Path) -> list[int]:
-    """Pids of the processes whose command line names ``folder`` (a launcher or its ``milvus``)."""
-    mark, pids = str(folder.resolve()).encode(), []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and mark in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _until_its_server_is_spawned(proc, folder: Path, log: Path) -> None:
     import time
 
@@ -194,8 +200,6 @@ def test_an_app_stopped_while_its_server_starts_stops_it_at_once(tmp_path):
         assert took < 15, f"the app took {took:.1f} s to stop: it waited for the server it was starting"
     finally:
         _kill_leftovers(folder, proc)
-        for pid in _naming(folder):
-            os.kill(pid, 9)
 
 
 def test_an_app_killed_while_its_server_starts_leaves_no_second_server(tmp_path):
@@ -216,5 +220,3 @@ def test_an_app_killed_while_its_server_starts_leaves_no_second_server(tmp_path)
         assert not _none_left(folder), "a Milvus server outlived the app that last used its folder"
     finally:
         _kill_leftovers(folder, first, second)
-        for pid in _naming(folder):
-            os.kill(pid, 9)
