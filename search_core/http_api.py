@@ -30,11 +30,11 @@ import shutil
 import sys
 import tempfile
 import traceback
-from urllib.parse import quote
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import anyio
 from fastapi import FastAPI, Request
@@ -349,7 +349,7 @@ def create_api(svc, access, throttle: LoginThrottle, message: Callable[[BaseExce
             raise ApiError(404, f"No clip with id {cid}.")
         if start is None and end is None:
             return FileResponse(path, filename=clip.original_name, content_disposition_type="inline")
-        lo, hi = run("Fetching the audio", excerpts.excerpt_range, start, end, clip.duration_s)
+        lo, hi = run("Fetching the audio", limits.excerpt_range, start, end, clip.duration_s)
         wav = run("Fetching the audio", excerpts.wav_excerpt, path, lo, hi)
         name = f"{Path(clip.original_name).stem}_{lo:.3f}-{hi:.3f}s.wav"
         return Response(wav, media_type="audio/wav",

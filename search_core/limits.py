@@ -42,6 +42,8 @@ MAX_SEEN = 10_000
 MAX_PAGE = 1_000_000
 #: rows per page of a listing
 MAX_LIST = 10_000
+#: the longest time range of a clip handed out as one WAV (seconds); a hit's segment is one window (5-10 s)
+MAX_EXCERPT_S = 60.0
 #: the login form (user, password) and the drop confirmation
 MAX_USER = 128
 MAX_PASSWORD = 1024
@@ -146,6 +148,29 @@ def clip_ids(values, field: str = "clip ids", hi: int = MAX_MARKS) -> list[int]:
             if len(out) > hi:
                 raise ValueError(f"At most {hi} {field} may be given.")
     return out
+
+
+def excerpt_range(start, end, duration_s: float) -> tuple[float, float]:
+    """``(start_s, end_s)`` from a request's ``start``/``end`` (seconds, as text or numbers) for a clip
+    of ``duration_s``: both given, within the clip, start first, at most :data:`MAX_EXCERPT_S` apart."""
+    if start is None or end is None:
+        raise ValueError("Give both start and end (in seconds) for an excerpt, or neither for the whole file.")
+    out = []
+    for value, field in ((start, "start"), (end, "end")):
+        try:
+            s = float(str(value).strip()) if len(str(value)) <= 40 else math.nan
+        except ValueError:
+            s = math.nan
+        if not 0 <= s <= duration_s + 1e-3:  # also refuses nan and inf
+            raise ValueError(f"The {field} must be a number of seconds from 0 to {duration_s:.3f} "
+                             f"(the clip's length); got {_show(value)}.")
+        out.append(min(s, duration_s))
+    if not out[0] < out[1]:
+        raise ValueError(f"The start ({out[0]:g} s) must come before the end ({out[1]:g} s).")
+    if out[1] - out[0] > MAX_EXCERPT_S:
+        raise ValueError(f"An excerpt is at most {MAX_EXCERPT_S:g} s long; {out[0]:g} to {out[1]:g} s "
+                         f"is {out[1] - out[0]:g} s. Fetch the whole clip without start and end.")
+    return out[0], out[1]
 
 
 def top_k(value, hi: int = MAX_K) -> int:

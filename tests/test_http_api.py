@@ -228,7 +228,7 @@ def test_a_segment_hit_hands_out_just_its_range_and_a_bad_range_is_one_sentence(
 
 
 def test_an_excerpt_is_at_most_a_minute():
-    from search_core.excerpts import MAX_EXCERPT_S, excerpt_range
+    from search_core.limits import MAX_EXCERPT_S, excerpt_range
 
     assert excerpt_range("0", str(MAX_EXCERPT_S), 3600.0) == (0.0, MAX_EXCERPT_S)
     with pytest.raises(ValueError, match="An excerpt is at most 60 s long; 0 to 61 s is 61 s"):
