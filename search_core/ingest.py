@@ -23,7 +23,7 @@ from .models import EmbeddingModel
 from .records import IngestItem, IngestReport, ProgressFn, clean_name
 from .stores import Stores
 from .vectors import collection_name
-from .writer import Writer
+from .writer import MarkingFailed, Writer
 
 #: An import batch holds at most this much audio (by the headers) besides its first file, so that
 #: long recordings are not decoded sixteen at a time: with the batch being embedded, the next one
@@ -82,7 +82,11 @@ class Ingest:
 
         def finish(storing: Future) -> None:
             nonlocal done
-            items = storing.result()  # a failed write raises here, after what it rolled back
+            try:
+                items = storing.result()  # a failed write raises here, after what it rolled back
+            except MarkingFailed as err:  # written, then Milvus went: its clips count as stored
+                report.items.extend(err.items)
+                raise err.error
             report.items.extend(items)
             done += len(items)
             if progress:

@@ -33,6 +33,15 @@ from .records import IngestItem, RecoveryReport, clean_text
 from .stores import TMP_PREFIX, Stores
 
 
+class MarkingFailed(Exception):
+    """A batch was written (its clips are searchable) but marking its near-duplicates failed:
+    ``items`` are the batch's outcomes, to be counted as stored; ``error`` is what failed."""
+
+    def __init__(self, items: list[IngestItem], error: Exception):
+        super().__init__(str(error))
+        self.items, self.error = items, error
+
+
 class Writer:
     """Writes embedded batches (one at a time: the ingest pipeline gives it one thread).
 
@@ -46,15 +55,21 @@ class Writer:
         self.on_error, self.recover = on_error, recover
 
     def store_batch(self, staged: list, metadata: list[dict], model: str) -> list[IngestItem]:
-        """Write an embedded batch (see :meth:`write_batch`), then mark its near-duplicates."""
+        """Write an embedded batch (see :meth:`write_batch`), then mark its near-duplicates.
+
+        Raises :class:`MarkingFailed` (with the batch's outcomes) when the write went through but
+        the marking did not (Milvus gone between the two): its clips are in the library."""
         items = list(staged)
         entries = [(pos, *x) for pos, x in enumerate(staged) if not isinstance(x, IngestItem)]
         if entries:
             written = self.write_batch(entries, metadata, model)
             for pos, item, _vecs, _a in written:
                 items[pos] = item
-            self.mark_near_duplicates([(item, vecs, a, staged[pos][0]["sha"]) for pos, item, vecs, a in written
-                                       if item.status == "added"], model)
+            try:
+                self.mark_near_duplicates([(item, vecs, a, staged[pos][0]["sha"]) for pos, item, vecs, a in written
+                                           if item.status == "added"], model)
+            except Exception as err:
+                raise MarkingFailed(items, err) from err
         return items
 
     def write_batch(self, entries: list, metadata: list[dict], model: str) -> list:
