@@ -22,9 +22,10 @@ with the library); ``python -m search_core.milvus_local stop <folder>`` stops it
 A process killed without its exit handler leaves the server running; the next one attaches to it.
 The launcher's pid is recorded as soon as it is spawned, so a server whose starter was killed while
 it started is found by the next process, which uses it if it answers and else stops it and starts
-its own (never a second server on the folder); a process leaving while its own start is under way
-(Ctrl-C right after ``make run``) stops that server within seconds, also while a restarted server
-replays its log (unless ``MILVUS_KEEP_SERVER=1``).
+its own: never a second server on the folder (one whose starter was killed in the instant before
+it was recorded is stopped by the next start or stop, :func:`~search_core.servergroups.stop_strays`).
+A process leaving while its own start is under way (Ctrl-C right after ``make run``) stops that
+server within seconds, also while a restarted server replays its log (unless ``MILVUS_KEEP_SERVER=1``).
 A server started on existing data is used once every collection answers a Strong read (it
 replays its log first; a read that does not wait would find an emptier library).
 The kernel releases ``flock`` locks of dead processes, so a crash never leaves the folder locked.
@@ -36,7 +37,6 @@ import fcntl
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from .config import env_flag
+from .servergroups import alive, stop_group, stop_strays
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
@@ -110,30 +111,6 @@ def answers(port: int, timeout: float = 5.0) -> bool:
         return True
     except Exception:  # noqa: BLE001 - not (yet) a working server
         return False
-
-
-def _alive(pid: int | None, folder: Path) -> bool:
-    """Whether the server started as ``pid`` still runs: a process of its group (the launcher or its
-    ``milvus`` child, which outlives it for a while on SIGTERM) whose command line names ``folder``
-    (so a number reused after a reboot does not count)."""
-    if not pid:
-        return False
-    try:
-        os.waitpid(int(pid), os.WNOHANG)  # reap the launcher if this process started it and it exited
-    except (ChildProcessError, ValueError):
-        pass
-    mark = str(folder).encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != int(pid):
-                continue
-            if any(mark in arg for arg in (proc / "cmdline").read_bytes().split(b"\0")):
-                return True
-        except (OSError, ValueError, IndexError):
-            continue
-    return False
 
 
 def _state(folder: Path) -> dict:
@@ -208,7 +185,7 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
         try:
             _check_leaving(folder)
         except StartAbandoned:
-            _stop_group(proc.pid, grace_s=0)
+            stop_group(proc.pid, grace_s=0)
             raise
         if proc.poll() is not None:
             raise RuntimeError(f"the local Milvus server in {folder} exited with {proc.returncode}:\n"
@@ -219,7 +196,7 @@ def _start(folder: Path, binary: Path, timeout_s: float) -> dict:
             (folder / "server.json").write_text(json.dumps(state))
             return state
         time.sleep(0.5)
-    _stop_group(proc.pid, grace_s=0)
+    stop_group(proc.pid, grace_s=0)
     raise StartTimeout(f"the local Milvus server in {folder} did not answer within {timeout_s:.0f} s:\n"
                        f"{_log_tail(folder)}")
 
@@ -235,29 +212,6 @@ def _start_twice(folder: Path, binary: Path, timeout_s: float) -> dict:
         print(f"search_core: the local Milvus server in {folder} did not answer within {timeout_s / 2:.0f} s; "
               "starting it once more", file=sys.stderr, flush=True)
         return _start(folder, binary, timeout_s)
-
-
-def _stop_group(pid: int, grace_s: float) -> None:
-    """Stop the launcher's process group (launcher + ``milvus``): SIGTERM, SIGKILL after ``grace_s``
-    (at once when 0), and return once it is gone."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        if sig == signal.SIGTERM and not grace_s:
-            continue
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap the launcher if this process started it
-            except ChildProcessError:
-                pass
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
 
 
 def wait_serving(uri: str, timeout_s: float, folder: Path | None = None) -> None:
@@ -301,17 +255,18 @@ def ensure_server(folder: str | os.PathLike, binary: str | os.PathLike | None = 
         fcntl.flock(lock, fcntl.LOCK_EX)
         _check_leaving(folder)  # asked for (a request thread) while this process is leaving: start nothing
         state = _state(folder)
-        running = _alive(state.get("pid"), folder)
+        stop_strays(folder, state.get("pid"))  # a server whose starter was killed before recording it
+        running = alive(state.get("pid"), folder)
         if running:  # the port it took (a start cut short recorded only the one it asked for)
             state["port"] = configured_port(folder) or state["port"]
         if not (running and answers(state["port"], timeout=15)):
             if running:  # there but not answering: hung
-                _stop_group(state["pid"], grace_s=0)
+                stop_group(state["pid"], grace_s=0)
             state = _start_twice(folder, launcher(binary), timeout_s)
             try:
                 wait_serving(f"http://127.0.0.1:{state['port']}", timeout_s, folder)
             except StartAbandoned:
-                _stop_group(state["pid"], grace_s=0)  # acknowledged writes are in its log either way
+                stop_group(state["pid"], grace_s=0)  # acknowledged writes are in its log either way
                 raise
     return f"http://127.0.0.1:{state['port']}"
 
@@ -349,9 +304,10 @@ def _stop_server(folder: Path) -> bool:
     with open(folder / "start.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = _state(folder)
-        if not _alive(state.get("pid"), folder):
-            return False
-        _stop_group(state["pid"], GRACEFUL_STOP_S + 5)
+        strays = stop_strays(folder, state.get("pid"))
+        if not alive(state.get("pid"), folder):
+            return bool(strays)
+        stop_group(state["pid"], GRACEFUL_STOP_S + 5)
         (folder / "server.json").write_text(json.dumps({"port": state["port"]}))
         return True
 
@@ -379,7 +335,7 @@ def stopped(folder: str | os.PathLike, timeout_s: float = 60.0) -> bool:
     folder = Path(folder).resolve()
     pid = _state(folder).get("pid")
     deadline = time.monotonic() + timeout_s
-    while _alive(pid, folder):
+    while alive(pid, folder):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)

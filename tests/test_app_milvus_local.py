@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from search_core import milvus_local
+from search_core import milvus_local, servergroups
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def _kill_leftovers(folder: Path, *procs) -> None:
     if folder.is_dir() and not milvus_local.stopped(folder, timeout_s=1):
         pid = milvus_local._state(folder.resolve()).get("pid")
         if pid:
-            milvus_local._stop_group(pid, grace_s=0)
+            servergroups.stop_group(pid, grace_s=0)
     for pid in _naming(folder):
         with contextlib.suppress(ProcessLookupError):  # gone meanwhile (its group was stopped above)
             os.kill(pid, 9)
@@ -104,7 +104,7 @@ def test_the_app_stopped_with_sigterm_stops_its_milvus_server(tmp_path):
     try:
         _library_ready(proc, url, log)
         pid = _server_pid(folder)
-        assert milvus_local._alive(pid, folder.resolve())
+        assert servergroups.alive(pid, folder.resolve())
         _stop_app(proc, log)
         assert milvus_local.stopped(folder, timeout_s=60), "the app's Milvus server outlived the app"
     finally:
@@ -134,7 +134,7 @@ def test_the_app_with_keep_server_leaves_it_running_for_its_next_start(tmp_path)
         assert r.status_code == 200 and [a["name"] for a in r.json()["added"]] == ["dog.wav"], r.text
         pid = _server_pid(folder)
         _stop_app(first, log)
-        assert milvus_local._alive(pid, folder.resolve()), "the app stopped its server though told to keep it"
+        assert servergroups.alive(pid, folder.resolve()), "the app stopped its server though told to keep it"
 
         t0 = time.monotonic()
         second, url, log = _start_app(tmp_path, data, "second", MILVUS_KEEP_SERVER="1")
@@ -147,7 +147,7 @@ def test_the_app_with_keep_server_leaves_it_running_for_its_next_start(tmp_path)
                               data={"model": "mfcc_stats"}, timeout=120).json()["hits"]
         assert [h["name"] for h in hits] == ["dog.wav"]
         assert "in use" in milvus_local.stop(folder)
-        assert milvus_local._alive(pid, folder.resolve())
+        assert servergroups.alive(pid, folder.resolve())
         _stop_app(second, log)
 
         out = subprocess.run([sys.executable, "-m", "search_core.milvus_local", "stop", str(folder)], cwd=REPO,
