@@ -80,14 +80,22 @@ class Ingest:
         total = len(paths)
         done = 0
 
+        def written(storing: Future) -> tuple[list[IngestItem], Exception | None]:
+            """A batch's outcomes, and what failed: its write (rolled back: no outcomes), or the
+            near-duplicate marks after it (Milvus gone; the clips are stored and count)."""
+            try:
+                return storing.result(), None
+            except MarkingFailed as err:
+                return err.items, err.error
+            except Exception as err:  # noqa: BLE001 - raised by the caller
+                return [], err
+
         def finish(storing: Future) -> None:
             nonlocal done
-            try:
-                items = storing.result()  # a failed write raises here, after what it rolled back
-            except MarkingFailed as err:  # written, then Milvus went: its clips count as stored
-                report.items.extend(err.items)
-                raise err.error
+            items, error = written(storing)
             report.items.extend(items)
+            if error is not None:
+                raise error
             done += len(items)
             if progress:
                 progress(done, total, items[-1].name if items else "")
@@ -101,13 +109,19 @@ class Ingest:
 
             ahead = submit(batches[0]) if batches else []
             storing: Future | None = None
-            for n, idx in enumerate(batches):
-                prepared = [f.result() for f in ahead]
-                ahead = submit(batches[n + 1]) if n + 1 < len(batches) else []
-                staged = self._embed_batch(prepared, m)
-                if storing is not None:
-                    finish(storing)
-                storing = writer.submit(self.writer.store_batch, staged, [metadata[i] for i in idx], model)
+            try:
+                for n, idx in enumerate(batches):
+                    prepared = [f.result() for f in ahead]
+                    ahead = submit(batches[n + 1]) if n + 1 < len(batches) else []
+                    staged = self._embed_batch(prepared, m)
+                    if storing is not None:
+                        pending, storing = storing, None
+                        finish(pending)
+                    storing = writer.submit(self.writer.store_batch, staged, [metadata[i] for i in idx], model)
+            except BaseException:
+                if storing is not None:  # the batch being written while this one failed: what it stored counts
+                    report.items.extend(written(storing)[0])
+                raise
             if storing is not None:
                 finish(storing)
 

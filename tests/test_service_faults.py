@@ -106,18 +106,23 @@ def test_milvus_killed_during_an_ingest(tmp_path, milvus_server, milvus_uri, mys
             milvus_server.start()  # later tests need it
 
 
-def test_milvus_gone_between_a_batch_write_and_its_duplicate_check_counts_that_batch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["duplicate_search", "next_batch"])
+def test_a_store_gone_while_a_batch_is_written_counts_that_batch(tmp_path, monkeypatch, where):
     """The CI run that killed Milvus mid-ingest (above) once read "16 clips stored" while the
     database held 32 searchable clips: a batch was written, then Milvus went before its
-    near-duplicate search, and the batch was left out of the count. Made to happen every time."""
+    near-duplicate search (``duplicate_search``), and the batch was left out of the count. The same
+    when the store goes while the next batch is looked up (``next_batch``) as one is being written.
+    Made to happen every time: the second call fails."""
     from pymilvus.exceptions import MilvusException
 
     from search_core import duplicates
     from search_core.faults import ServiceUnavailable
+    from search_core.ingest import Ingest
 
     paths = [write_wav(tmp_path / "in" / f"s{i:02d}.wav", sound(i)) for i in range(6)]
     svc = LibraryService(make_settings(tmp_path))
-    calls, real = [], duplicates.candidates_many
+    owner, name = (duplicates, "candidates_many") if where == "duplicate_search" else (Ingest, "_embed_batch")
+    calls, real = [], getattr(owner, name)
 
     def second_fails(*a, **kw):
         calls.append(1)
@@ -125,14 +130,15 @@ def test_milvus_gone_between_a_batch_write_and_its_duplicate_check_counts_that_b
             raise MilvusException(message="server unavailable: connection refused")
         return real(*a, **kw)
 
-    monkeypatch.setattr(duplicates, "candidates_many", second_fails)
+    monkeypatch.setattr(owner, name, second_fails)
     try:
         with pytest.raises(ServiceUnavailable) as err:
             svc.ingest_files(paths, MODEL, batch_size=2)
-        assert err.value.stored == svc.meta.count_clips(MODEL) == 4, str(err.value)
-        assert "4 clips stored before it stopped" in str(err.value)
-        monkeypatch.setattr(duplicates, "candidates_many", real)
-        assert len(svc.ingest_files(paths, MODEL, batch_size=2).added) == 2  # the same command again
+        stored = 4 if where == "duplicate_search" else 2
+        assert err.value.stored == svc.meta.count_clips(MODEL) == stored, str(err.value)
+        assert f"{stored} clips stored before it stopped" in str(err.value)
+        monkeypatch.setattr(owner, name, real)
+        assert len(svc.ingest_files(paths, MODEL, batch_size=2).added) == 6 - stored  # the same command again
         assert svc.count(MODEL) == 6 and svc.check() == {k: 0 for k in svc.check()}
     finally:
         svc.close()
