@@ -264,29 +264,34 @@ def test_a_launcher_its_starter_did_not_record_is_stopped_by_the_next_start(tmp_
     """CI saw a server outlive every app on its folder: the first app was killed in the instant
     between spawning its launcher and recording its pid, so the next app started a second server
     beside the unrecorded one and stopped only its own. The next start stops such a stray first;
-    a process that merely names the folder (``milvus_local stop <folder>``) is not a server."""
+    a process that merely names the folder (``milvus_local stop <folder>``, a server on a folder
+    inside it) is not a server."""
     import time
 
     if not os.environ.get("MILVUS_SERVER_BIN") and not (REPO / ".venv-milvus" / "bin" / "milvus-server").is_file():
         pytest.fail("the Milvus server launcher is not installed: run `make test` or set MILVUS_SERVER_BIN")
     folder = (tmp_path / "srv").resolve()
     folder.mkdir()
-    stray = subprocess.Popen([str(_launcher_that_never_answers(tmp_path)), "--data", str(folder)],
-                             start_new_session=True)  # as _start spawns it; no server.json written
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "stop", str(folder)])
+    sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+    # a launcher as _start spawns it (a session of its own), no server.json written
+    stray = subprocess.Popen([*sleeper, "--data", str(folder)], start_new_session=True)
+    bystander = subprocess.Popen([*sleeper, "stop", str(folder)])
+    inner = subprocess.Popen([*sleeper, "--data", str(folder / "inner")], start_new_session=True)
     try:
         deadline = time.monotonic() + 10
         while servergroups.running(folder) != {stray.pid}:
             assert time.monotonic() < deadline, servergroups.running(folder)
+            time.sleep(0.05)
         milvus_local.ensure_server(folder)
         assert stray.poll() is not None, "the unrecorded launcher was left beside the new server"
         assert servergroups.running(folder) == {_server_pid(folder)}
         assert milvus_local.release(folder)
         assert milvus_local.stopped(folder, timeout_s=60) and not servergroups.running(folder)
-        assert bystander.poll() is None, "a process that only names the folder was stopped"
+        assert bystander.poll() is None and inner.poll() is None, "a process that only names the folder was stopped"
     finally:
         milvus_local.release(folder)
-        for proc in (stray, bystander):
+        for proc in (stray, bystander, inner):
             proc.kill()
+            proc.wait()
         for pgid in servergroups.running(folder):
             servergroups.stop_group(pgid, grace_s=0)
