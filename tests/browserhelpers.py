@@ -5,6 +5,7 @@ may have no network, so everything Chromium would fetch from the internet is swi
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -34,6 +35,50 @@ def launch_args(fake_microphone: str | os.PathLike | None = None) -> list[str]:
         args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  f"--use-file-for-fake-audio-capture={fake_microphone}"]
     return args
+
+
+@contextlib.contextmanager
+def chromium(fake_microphone: str | os.PathLike | None = None):
+    """Headless system Chromium driven by Playwright (:func:`launch_args`), closed on leaving."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=launch_args(fake_microphone))
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser, url: str, width: int = 1280, height: int = 900, microphone: bool = False,
+             timeout_ms: float = 30_000):
+    """The app at ``url`` in a fresh browser context, once its Search button is there. What goes wrong
+    in it (console messages, failed requests, HTTP errors) is kept in ``page.log`` (:func:`close_page`)."""
+    ctx = browser.new_context(viewport={"width": width, "height": height},
+                              permissions=["microphone"] if microphone else [])
+    page = ctx.new_page()
+    page.log = []
+    page.on("console", lambda m: page.log.append(f"console {m.type}: {m.text}"))
+    page.on("requestfailed", lambda r: page.log.append(f"request failed: {r.method} {r.url} {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and page.log.append(f"HTTP {r.status}: {r.request.method} {r.url}"))
+    page.set_default_timeout(timeout_ms)
+    try:
+        page.goto(url)
+        page.locator("#search-button").wait_for()
+    except Exception:
+        close_page(page, "last-page-that-did-not-load")
+        raise
+    return page
+
+
+def close_page(page, name: str) -> None:
+    """Keep what ``page`` looked like at the end, pass or fail (a screenshot, its log beside it), and
+    close its context."""
+    try:
+        shot = screenshot(page, name)
+        shot.with_suffix(".log").write_text("\n".join(getattr(page, "log", [])) + "\n")
+    finally:
+        page.context.close()
 
 
 def open_tab(page, name: str) -> None:

@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 
 from apphelpers import REPO, running_app
-from browserhelpers import (choose_files, chromium_path, images_loaded, launch_args, library_count, open_tab,
+from browserhelpers import (choose_files, chromium, close_page, images_loaded, library_count, new_page, open_tab,
                             screenshot, search_and_wait, toasts, upload_query, wait_query_ready)
 from conftest import sound, write_wav
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 MODEL = "mfcc_stats"
 ASSETS = REPO / "assets"
@@ -79,36 +79,15 @@ def api_count(app_url) -> int:
 
 @pytest.fixture(scope="module")
 def browser(mic_wav):
-    try:
-        exe = chromium_path()
-    except FileNotFoundError as err:
-        pytest.fail(str(err))
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=launch_args(fake_microphone=mic_wav))
+    with chromium(fake_microphone=mic_wav) as b:
         yield b
-        b.close()
-
-
-def new_page(browser, app_url, width: int = 1280, height: int = 900):
-    ctx = browser.new_context(viewport={"width": width, "height": height}, permissions=["microphone"])
-    page = ctx.new_page()
-    page.log = []  # console messages and failed requests, saved beside the screenshot
-    page.on("console", lambda m: page.log.append(f"console {m.type}: {m.text}"))
-    page.on("requestfailed", lambda r: page.log.append(f"request failed: {r.method} {r.url} {r.failure}"))
-    page.on("response", lambda r: r.status >= 400 and page.log.append(f"HTTP {r.status}: {r.request.method} {r.url}"))
-    page.set_default_timeout(30_000)
-    page.goto(app_url)
-    page.locator("#search-button").wait_for()
-    return page
 
 
 @pytest.fixture
 def page(browser, app_url, request):
-    p = new_page(browser, app_url)
+    p = new_page(browser, app_url, microphone=True)
     yield p
-    shot = screenshot(p, f"last-{request.node.name}")  # what the page looked like at the end, pass or fail
-    shot.with_suffix(".log").write_text("\n".join(p.log) + "\n")
-    p.context.close()
+    close_page(p, f"last-{request.node.name}")
 
 
 def test_add_a_clip_through_the_upload_control(page, work, app_url):
@@ -206,7 +185,7 @@ def test_non_audio_upload_is_a_clear_message_and_changes_nothing(page, library, 
 
 
 def test_phone_width_no_sideways_scrolling_and_search_reachable(browser, app_url, library):
-    page = new_page(browser, app_url, width=390, height=844)
+    page = new_page(browser, app_url, width=390, height=844, microphone=True)
     try:
         def page_width():
             return page.evaluate("document.documentElement.scrollWidth")

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from apphelpers import running_app
-from browserhelpers import chromium_path, launch_args, screenshot, search_and_wait, upload_query
+from browserhelpers import chromium, close_page, new_page, screenshot, search_and_wait, upload_query
 from conftest import sound, write_wav
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 MODEL = "mfcc_stats"
 pytestmark = pytest.mark.timeout(300)
@@ -53,13 +53,9 @@ def gap(hit) -> float:
 
 def test_mark_a_hit_and_search_again_on_a_phone(app_url):
     url, files = app_url
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=launch_args())
-        page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        page.set_default_timeout(30_000)
+    with chromium() as browser:
+        page = new_page(browser, url, width=390, height=844)
         try:
-            page.goto(url)
-            page.locator("#search-button").wait_for()
             upload_query(page, files[0])
             first = names(search_and_wait(page))              # the default top 5
             assert first[0] == "sound_0.wav" and len(first) == 5
@@ -86,5 +82,4 @@ def test_mark_a_hit_and_search_again_on_a_phone(app_url):
             assert fresh and not set(fresh) & set(first + again)
             assert "clips already shown are hidden" in page.locator("#search-status").inner_text()
         finally:
-            screenshot(page, "last-feedback-phone")
-            browser.close()
+            close_page(page, "last-feedback-phone")

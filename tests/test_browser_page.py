@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from apphelpers import REPO, running_app
-from browserhelpers import (choose_files, chromium_path, launch_args, open_tab, screenshot, search_and_wait, toasts,
+from browserhelpers import (choose_files, chromium, close_page, new_page, open_tab, screenshot, search_and_wait,
                             upload_query)
 from conftest import sound, write_wav
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 MODEL = "mfcc_stats"
 ASSETS = REPO / "assets"
@@ -39,22 +39,15 @@ def app_url(root):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=launch_args())
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, app_url, request):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    p = ctx.new_page()
-    p.set_default_timeout(30_000)
-    p.goto(app_url)
-    p.locator("#search-button").wait_for()
+    p = new_page(browser, app_url)
     yield p
-    screenshot(p, f"last-{request.node.name}")
-    ctx.close()
+    close_page(p, f"last-{request.node.name}")
 
 
 def model_options(page, elem_id: str) -> dict[str, str]:
