@@ -11,6 +11,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "_artifacts"
 
@@ -81,6 +83,21 @@ def close_page(page, name: str) -> None:
         page.context.close()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for a test module (a module wanting a microphone defines its own)."""
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser, app_url, request):
+    """The module's ``app_url`` in a fresh page, kept as ``last-<test>.png`` when the test ends."""
+    p = new_page(browser, app_url)
+    yield p
+    close_page(p, f"last-{request.node.name}")
+
+
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
@@ -92,13 +109,38 @@ def library_count(page, model: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _wait_upload(page, target, what: str, state: str = "visible") -> None:
+    """Wait for ``target`` to show that an upload reached the server (``what`` says which).
+
+    It normally takes under a second. In about one of five local runs of three browser test files
+    an upload's name took over 60 s to show (the upload did finish later; cause not found, not seen
+    in isolation over 40 tries). Past 20 s this goes on waiting, up to 120 s more, and says so in
+    the test report's warnings, with the page's HTML and log in tests/_artifacts/slow-uploads.txt.
+    """
+    import time
+    import warnings
+
+    t0 = time.monotonic()
+    try:
+        target.wait_for(state=state, timeout=20_000)
+        return
+    except Exception:  # noqa: BLE001 - Playwright's TimeoutError; waited for again below
+        pass
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / "slow-uploads.txt", "a") as out:
+        out.write(f"--- {what}: not there after 20 s\n{page.content()[-20000:]}\n" + "\n".join(getattr(page, "log", [])) + "\n")
+    target.wait_for(state=state, timeout=120_000)
+    warnings.warn(f"{what} took {time.monotonic() - t0:.0f} s (tests/_artifacts/slow-uploads.txt)")
+
+
 def choose_files(page, selector: str, *paths: str | os.PathLike) -> None:
     """Click an upload area as a person would, pick ``paths`` in the file chooser, wait for the names."""
     with page.expect_file_chooser() as chooser:
         page.locator(selector).get_by_text("Click to Upload").click()
     chooser.value.set_files([str(p) for p in paths])
     for p in paths:  # any visible match: an element that holds the name while it uploads may stay hidden
-        page.locator(selector).get_by_text(Path(p).name).filter(visible=True).first.wait_for(timeout=60_000)
+        _wait_upload(page, page.locator(selector).get_by_text(Path(p).name).filter(visible=True).first,
+                     f"the name {Path(p).name} in {selector}")
     # the names show before the upload ends; a file is the server's once it has its download link
     page.locator(f"{selector} a[href*='file=']").nth(len(paths) - 1).wait_for(state="attached")
 
@@ -115,7 +157,8 @@ def upload_query(page, path: str | os.PathLike) -> None:
 
 def wait_query_ready(page) -> None:
     """Wait until the query box holds a clip the server has (uploaded, recorded or an example)."""
-    page.locator("#query-audio [data-testid=download-link][href*='/file=']").wait_for(state="attached")
+    _wait_upload(page, page.locator("#query-audio [data-testid=download-link][href*='/file=']"),
+                 "the query's download link", state="attached")
 
 
 def search_and_wait(page, timeout_ms: float = 60_000) -> list[str]:

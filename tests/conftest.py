@@ -30,6 +30,8 @@ from search_core.config import get_settings
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
 MYSQL_ADMIN_URL = os.environ.get("TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+#: the browser tests' ``browser`` and ``page`` fixtures (a module may define its own)
+pytest_plugins = ["browserhelpers"]
 
 
 def tone(freq: float, seconds: float = 2.0, rate: int = 16000, noise: float = 0.0, seed: int = 0) -> np.ndarray:

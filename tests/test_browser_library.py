@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apphelpers import running_app
-from browserhelpers import chromium, close_page, new_page, open_tab, screenshot, search_and_wait, upload_query
+from browserhelpers import new_page, open_tab, screenshot, search_and_wait, upload_query
 from conftest import sound, write_wav
 
 pytest.importorskip("playwright.sync_api")
@@ -28,19 +28,6 @@ def root(tmp_path_factory) -> Path:
 def app_url(root):
     with running_app(root / "data", env={"DEFAULT_SOUND_MODEL": MODEL, "DEFAULT_SPEAKER_MODEL": MODEL}) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser, app_url, request):
-    p = new_page(browser, app_url)
-    yield p
-    close_page(p, f"last-{request.node.name}")
 
 
 def ingest(app_url, *paths, label="", speaker="", tags=""):

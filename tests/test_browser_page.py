@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from apphelpers import REPO, running_app
-from browserhelpers import (choose_files, chromium, close_page, new_page, open_tab, screenshot, search_and_wait,
-                            upload_query)
+from browserhelpers import choose_files, open_tab, screenshot, search_and_wait, upload_query
 from conftest import sound, write_wav
 
 pytest.importorskip("playwright.sync_api")
@@ -35,19 +34,6 @@ def app_url(root):
            "DEFAULT_SOUND_MODEL": MODEL, "DEFAULT_SPEAKER_MODEL": MODEL}
     with running_app(root / "data", env=env) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser, app_url, request):
-    p = new_page(browser, app_url)
-    yield p
-    close_page(p, f"last-{request.node.name}")
 
 
 def model_options(page, elem_id: str) -> dict[str, str]:
