@@ -371,11 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # pymilvus logs every failed retry with a traceback; a store that stopped answering is
-    # reported below in one line instead (pymilvus sets its loggers up when imported)
+    # pymilvus logs every failed retry with a traceback, and SQLAlchemy's pool each connection it
+    # could not roll back when MySQL went away (another thread's, returned after the failure); a
+    # store that stopped answering is reported below in one line instead (pymilvus sets its
+    # loggers up when imported)
     import pymilvus  # noqa: F401
 
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for name in ("pymilvus", "sqlalchemy.pool"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         if getattr(args, "quiet", False):
             return args.fn(args)
