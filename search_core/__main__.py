@@ -371,12 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # pymilvus logs every failed retry with a traceback, and SQLAlchemy's pool each connection it
-    # could not roll back when MySQL went away (another thread's, returned after the failure); a
-    # store that stopped answering is reported below in one line instead (pymilvus sets its
-    # loggers up when imported)
-    import pymilvus  # noqa: F401
-
+    # pymilvus logs every failed retry with a traceback, SQLAlchemy's pool each connection it could
+    # not roll back once MySQL went; a store that stopped answering is reported below in one line
+    import pymilvus  # noqa: F401 - it sets its loggers up when imported
     for name in ("pymilvus", "sqlalchemy.pool"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
