@@ -6,6 +6,7 @@ may have no network, so everything Chromium would fetch from the internet is swi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -109,39 +110,19 @@ def library_count(page, model: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _wait_upload(page, target, what: str, state: str = "visible") -> None:
-    """Wait for ``target`` to show that an upload reached the server (``what`` says which).
-
-    It normally takes under a second. In about one of five local runs of three browser test files
-    an upload's name took over 60 s to show (the upload did finish later; cause not found, not seen
-    in isolation over 40 tries). Past 20 s this goes on waiting, up to 120 s more, and says so in
-    the test report's warnings, with the page's HTML and log in tests/_artifacts/slow-uploads.txt.
-    """
-    import time
-    import warnings
-
-    t0 = time.monotonic()
-    try:
-        target.wait_for(state=state, timeout=20_000)
-        return
-    except Exception:  # noqa: BLE001 - Playwright's TimeoutError; waited for again below
-        pass
-    ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "slow-uploads.txt", "a") as out:
-        out.write(f"--- {what}: not there after 20 s\n{page.content()[-20000:]}\n" + "\n".join(getattr(page, "log", [])) + "\n")
-    target.wait_for(state=state, timeout=120_000)
-    warnings.warn(f"{what} took {time.monotonic() - t0:.0f} s (tests/_artifacts/slow-uploads.txt)")
-
-
 def choose_files(page, selector: str, *paths: str | os.PathLike) -> None:
-    """Click an upload area as a person would, pick ``paths`` in the file chooser, wait for the names."""
+    """Click an upload area as a person would, pick ``paths`` in the file chooser, wait until each is
+    listed as the server's file (its row, named in its ``aria-label``, and its download link).
+
+    Not by the name's text: the listed row shows it as ``<span>stem</span> <span>.ext</span>`` (a
+    space between), which only the upload's progress view, shown while the upload runs, holds as
+    one string; an upload done before that view was drawn left the test waiting (2 of 9 local runs).
+    """
     with page.expect_file_chooser() as chooser:
         page.locator(selector).get_by_text("Click to Upload").click()
     chooser.value.set_files([str(p) for p in paths])
-    for p in paths:  # any visible match: an element that holds the name while it uploads may stay hidden
-        _wait_upload(page, page.locator(selector).get_by_text(Path(p).name).filter(visible=True).first,
-                     f"the name {Path(p).name} in {selector}")
-    # the names show before the upload ends; a file is the server's once it has its download link
+    for p in paths:
+        page.locator(f"{selector} td.filename[aria-label={json.dumps(Path(p).name)}]").wait_for(timeout=60_000)
     page.locator(f"{selector} a[href*='file=']").nth(len(paths) - 1).wait_for(state="attached")
 
 
@@ -157,8 +138,7 @@ def upload_query(page, path: str | os.PathLike) -> None:
 
 def wait_query_ready(page) -> None:
     """Wait until the query box holds a clip the server has (uploaded, recorded or an example)."""
-    _wait_upload(page, page.locator("#query-audio [data-testid=download-link][href*='/file=']"),
-                 "the query's download link", state="attached")
+    page.locator("#query-audio [data-testid=download-link][href*='/file=']").wait_for(state="attached")
 
 
 def search_and_wait(page, timeout_ms: float = 60_000) -> list[str]:
