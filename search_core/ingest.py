@@ -114,7 +114,7 @@ class Ingest:
                     prepared = [f.result() for f in ahead]
                     ahead = submit(batches[n + 1]) if n + 1 < len(batches) else []
                     staged = self._embed_batch(prepared, m)
-                    if storing is not None:
+                    if storing is not None:  # taken out first: a batch finish() raised on is not drained below
                         pending, storing = storing, None
                         finish(pending)
                     storing = writer.submit(self.writer.store_batch, staged, [metadata[i] for i in idx], model)
